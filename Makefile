@@ -1,0 +1,48 @@
+# The common paths, on top of DVC. `make help` lists them.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+export PYTHONPATH := $(CURDIR)
+export HF_HUB_OFFLINE := 1
+export PATH := $(CURDIR)/$(BIN):$(PATH)
+
+OVERRIDES ?=
+
+.PHONY: help setup params repro test test-fast lint bench review clean
+
+help: ## this list
+	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  make %-12s %s\n", $$1, $$2}'
+
+$(STAMP): requirements.lock
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	# torch first and alone: 2.13.0 is the CPU wheel here; anything else pulls GBs of CUDA.
+	$(BIN)/python -m pip install -q torch==2.13.0
+	$(BIN)/python -m pip install -q -r requirements.lock
+	touch $@
+
+setup: $(STAMP) ## create .venv and install the pinned dependencies (idempotent)
+
+params: $(STAMP) ## compose conf/ into params.yaml (OVERRIDES="model=phi4_mini model.path=...")
+	$(BIN)/python -m stages.common.params $(OVERRIDES)
+
+repro: params ## run the whole pipeline on the embedded default (dvc repro)
+	$(BIN)/dvc repro
+
+test: $(STAMP) ## run every test (slow end-to-end ones included)
+	$(BIN)/python -m pytest
+
+test-fast: $(STAMP) ## the quick tests only (no real stage runs)
+	$(BIN)/python -m pytest -m "not slow"
+
+lint: $(STAMP) ## ruff
+	$(BIN)/ruff check .
+
+bench: $(STAMP) ## benchmarks: dedup signatures
+	$(BIN)/python -m benchmarks.dedup_signatures
+
+clean: ## remove pipeline outputs (not the venv)
+	rm -rf models data/clean metrics/train metrics/eval .dvc/tmp/exps

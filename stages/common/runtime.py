@@ -1,0 +1,83 @@
+"""Process set-up shared by every stage: logging, seeding, progress bars, the stage entry point."""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import sys
+import time
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from typing import TypeVar
+
+from omegaconf import DictConfig
+from omegaconf.errors import OmegaConfBaseException
+
+from stages.common.errors import PipelineError
+from stages.common.params import load_params
+
+T = TypeVar("T")
+
+
+def get_logger(name: str) -> logging.Logger:
+    if not logging.getLogger().handlers:
+        from rich.logging import RichHandler
+
+        logging.basicConfig(level=os.environ.get("LOG_LEVEL", "INFO"), format="%(message)s",
+                            datefmt="[%X]", handlers=[RichHandler(show_path=False, markup=False)])
+    return logging.getLogger(name)
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch, and ask torch for deterministic kernels (CPU runs repeat)."""
+    import numpy as np
+
+    random.seed(seed)
+    np.random.seed(seed)
+    try:
+        import torch
+    except ImportError:
+        return
+    torch.manual_seed(seed)
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+
+
+def progress(items: Iterable[T], desc: str, total: int | None = None) -> Iterator[T]:
+    """A tqdm bar on stderr; quiet when PROGRESS=0 (tests, CI logs)."""
+    from tqdm.auto import tqdm
+
+    disable = os.environ.get("PROGRESS", "1") == "0"
+    yield from tqdm(items, desc=desc, total=total, disable=disable, dynamic_ncols=True, leave=False)
+
+
+@contextmanager
+def timed(log: logging.Logger, what: str) -> Iterator[dict]:
+    """Log how long a block took; the dict receives `seconds` for metrics."""
+    out: dict = {}
+    start = time.perf_counter()
+    yield out
+    out["seconds"] = round(time.perf_counter() - start, 2)
+    log.info("%s took %.1f s", what, out["seconds"])
+
+
+def stage_main(run: Callable[[DictConfig], object]) -> Callable[[list[str] | None], None]:
+    """Wrap `run(cfg)` as a command: params.yaml + CLI overrides in, a readable error out.
+
+    A PipelineError (bad input, bad config) prints one line and exits 2, without a traceback;
+    anything else is a bug and keeps its traceback.
+    """
+
+    def main(argv: list[str] | None = None) -> None:
+        log = get_logger(run.__module__)
+        try:
+            run(load_params(argv))
+        except PipelineError as e:
+            log.error("%s", e)
+            sys.exit(2)
+        except OmegaConfBaseException as e:
+            log.error("configuration error: %s", e)
+            sys.exit(2)
+
+    return main

@@ -1,0 +1,189 @@
+"""Dedup and decontamination as small pure functions over records (each testable alone).
+
+normalize -> words -> shingles -> signatures (datasketch, sharded) -> LSH candidates -> exact
+Jaccard check -> keep the first of each group. Decontamination indexes the eval sets' n-grams.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import unicodedata
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+
+WORD = re.compile(r"\w+")
+
+
+def normalize(text: str) -> str:
+    """Unicode NFKC, case-folded, whitespace folded to single spaces."""
+    return " ".join(unicodedata.normalize("NFKC", text).casefold().split())
+
+
+def words(text: str) -> list[str]:
+    return WORD.findall(normalize(text))
+
+
+def shingles(tokens: Sequence[str], size: int) -> set[str]:
+    """Word n-grams; a record shorter than `size` is one shingle of all its words (never empty
+    unless the record has no words at all)."""
+    if len(tokens) <= size:
+        return {" ".join(tokens)} if tokens else set()
+    return {" ".join(tokens[i : i + size]) for i in range(len(tokens) - size + 1)}
+
+
+def jaccard(a: set, b: set) -> float:
+    return len(a & b) / len(a | b) if a or b else 1.0
+
+
+def record_text(record: dict) -> str:
+    """What dedup compares: prompt and response (or text) as one string, so that a copy split
+    across the two fields is still a copy."""
+    if "text" in record:
+        return record["text"]
+    return f"{record['prompt']} {record.get('response', record.get('answer', ''))}"
+
+
+# ------------------------------------------------------------------------------ exact duplicates
+def exact_duplicates(texts: Sequence[str]) -> dict[int, int]:
+    """index -> index of its first occurrence, for every repeat of a normalized text."""
+    first: dict[str, int] = {}
+    out: dict[int, int] = {}
+    for i, text in enumerate(texts):
+        key = hashlib.sha256(normalize(text).encode()).hexdigest()
+        if key in first:
+            out[i] = first[key]
+        else:
+            first[key] = i
+    return out
+
+
+# ------------------------------------------------------------------------------ MinHash signatures
+def _hash32(data: bytes) -> int:
+    # blake2b is ~2x faster than datasketch's default sha1 and as well mixed.
+    return int.from_bytes(hashlib.blake2b(data, digest_size=4).digest(), "little")
+
+
+def shard_signatures(shard: Sequence[set[str]], num_perm: int, seed: int = 1) -> np.ndarray:
+    """MinHash signatures (len(shard), num_perm) of shingle sets: a pure function of the shard,
+    so shards can go to any worker (processes here; Ray tasks or Spark partitions at scale)."""
+    from datasketch import MinHash
+
+    batches = ([s.encode() for s in sorted(shingle_set)] for shingle_set in shard)
+    sigs = MinHash.bulk(batches, num_perm=num_perm, seed=seed, hashfunc=_hash32)
+    return np.stack([m.hashvalues for m in sigs]) if sigs else np.zeros((0, num_perm), np.uint32)
+
+
+def signatures(shingle_sets: Sequence[set[str]], num_perm: int, workers: int, shard_size: int) -> np.ndarray:
+    shards = [shingle_sets[i : i + shard_size] for i in range(0, len(shingle_sets), shard_size)]
+    if workers <= 1 or len(shards) <= 1:
+        parts = [shard_signatures(s, num_perm) for s in shards]
+    else:
+        with ProcessPoolExecutor(max_workers=workers) as pool:
+            parts = list(pool.map(shard_signatures, shards, [num_perm] * len(shards)))
+    return np.concatenate(parts) if parts else np.zeros((0, num_perm), np.uint32)
+
+
+# ------------------------------------------------------------------------------ near duplicates
+def near_duplicates(shingle_sets: Sequence[set[str]], sigs: np.ndarray, threshold: float,
+                    lsh_weights: tuple[float, float], skip: Iterable[int] = ()) -> dict[int, tuple[int, float]]:
+    """index -> (earliest kept index it duplicates, exact Jaccard).
+
+    LSH (datasketch, bands x rows chosen for `threshold` and the weights) proposes candidates;
+    each is confirmed by exact Jaccard on the shingle sets, so precision does not rest on the
+    MinHash estimate. Records are visited in input order and the first of a group is kept.
+    """
+    from datasketch import LeanMinHash, MinHashLSH
+
+    skip = set(skip)
+    lsh = MinHashLSH(threshold=threshold, num_perm=sigs.shape[1], weights=tuple(lsh_weights))
+    kept: list[int] = []
+    out: dict[int, tuple[int, float]] = {}
+    for i, shingle_set in enumerate(shingle_sets):
+        if i in skip:
+            continue
+        sketch = LeanMinHash(seed=1, hashvalues=sigs[i], scheme="affine32")
+        matches = [(j, jaccard(shingle_set, shingle_sets[j])) for j in lsh.query(sketch)]
+        matches = sorted((j, s) for j, s in matches if s >= threshold)
+        if matches:
+            out[i] = matches[0]
+        else:
+            lsh.insert(i, sketch)
+            kept.append(i)
+    return out
+
+
+# ------------------------------------------------------------------------------ decontamination
+@dataclass(frozen=True)
+class EvalIndex:
+    """n-grams of every eval record: long n-grams (any hit is a leak) and short ones (a leak when
+    enough of one eval record's short n-grams appear)."""
+
+    long_n: int
+    short_n: int
+    long_grams: dict[tuple[str, ...], str]
+    short_grams: dict[tuple[str, ...], list[str]]
+    short_counts: dict[str, int]
+    short_lengths: tuple[int, ...]  # short_n, and the lengths of eval records shorter than it
+
+
+def ngrams(tokens: Sequence[str], n: int) -> set[tuple[str, ...]]:
+    return {tuple(tokens[i : i + n]) for i in range(len(tokens) - n + 1)}
+
+
+def build_eval_index(eval_records: Iterable[tuple[str, str]], long_n: int, short_n: int) -> EvalIndex:
+    """eval_records: (id, text) pairs. An eval record shorter than short_n words is one n-gram
+    of all its words, so a short question copied whole is still caught."""
+    long_grams: dict[tuple[str, ...], str] = {}
+    short_grams: dict[tuple[str, ...], list[str]] = defaultdict(list)
+    short_counts: dict[str, int] = {}
+    for eval_id, text in eval_records:
+        tokens = words(text)
+        for gram in sorted(ngrams(tokens, long_n)):
+            long_grams.setdefault(gram, eval_id)
+        grams = ngrams(tokens, short_n) if len(tokens) >= short_n else {tuple(tokens)} if tokens else set()
+        for gram in grams:
+            short_grams[gram].append(eval_id)
+        short_counts[eval_id] = len(grams)
+    lengths = tuple(sorted({len(g) for g in short_grams}))
+    return EvalIndex(long_n, short_n, long_grams, dict(short_grams), short_counts, lengths)
+
+
+def find_leak(text: str, index: EvalIndex, short_overlap: float) -> tuple[str, str] | None:
+    """(eval id, reason) if `text` contains a long n-gram of an eval record, or at least
+    `short_overlap` of one eval record's short n-grams; else None."""
+    tokens = words(text)
+    for gram in (tuple(tokens[i : i + index.long_n]) for i in range(len(tokens) - index.long_n + 1)):
+        if gram in index.long_grams:
+            return index.long_grams[gram], f"{index.long_n}-gram"
+    hits: dict[str, int] = defaultdict(int)
+    grams: set[tuple[str, ...]] = set()
+    for n in index.short_lengths:
+        grams |= ngrams(tokens, n)
+    for gram in grams:
+        for eval_id in index.short_grams.get(gram, ()):
+            hits[eval_id] += 1
+    best = max(sorted(hits), key=lambda e: hits[e] / index.short_counts[e], default=None)
+    if best is not None and hits[best] / index.short_counts[best] >= short_overlap:
+        return best, f"{index.short_n}-gram overlap {hits[best] / index.short_counts[best]:.2f}"
+    return None
+
+
+# ------------------------------------------------------------------------------ scoring
+def score_against_truth(removed: Sequence[dict], planted: Sequence[dict]) -> dict[str, dict]:
+    """Recall and precision of each planted kind, judged by the reason a record was removed."""
+    removed_by_kind: dict[str, set[str]] = defaultdict(set)
+    for r in removed:
+        removed_by_kind[r["reason"]].add(r["id"])
+    out = {}
+    for kind in sorted({p["kind"] for p in planted}):
+        truth = {p["id"] for p in planted if p["kind"] == kind}
+        found = removed_by_kind.get(kind, set())
+        out[kind] = {"planted": len(truth), "removed": len(found), "true_positives": len(truth & found),
+                     "recall": round(len(truth & found) / len(truth), 4) if truth else 1.0,
+                     "precision": round(len(truth & found) / len(found), 4) if found else 1.0}
+    return out
