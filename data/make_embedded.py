@@ -99,7 +99,7 @@ TEAMS = {
     "network": ["wifi", "VPN tunnel", "ethernet port", "router", "DNS lookup", "proxy", "firewall rule"],
     "hardware": ["printer", "laptop screen", "keyboard", "docking station", "monitor", "headset", "webcam"],
     "billing": ["invoice", "refund", "card charge", "subscription fee", "receipt", "purchase order"],
-    "access": ["password reset", "login page", "locked account", "two-factor code", "door badge", "SSO token"],
+    "access": ["password reset", "login page", "locked account", "authenticator app", "door badge", "SSO token"],
     "storage": ["shared drive", "disk quota", "nightly backup", "file share", "cloud folder", "archive volume"],
 }
 PRIORITY_CUES = {
@@ -138,7 +138,7 @@ def make_ticket(rng: random.Random) -> tuple[str, str]:
     # two natural tickets never share a 13-gram: only planted leaks do.
     ticket = (f"Ticket {rng.randint(10000, 99999)} from {rng.choice(FIRST)}: {rng.choice(OPENERS)} "
               f"the {thing} {place} (ext. {rng.randint(1000, 9999)}) {symptom}, ref R{rng.randint(1000, 9999)}. "
-              f"{rng.choice(PRIORITY_CUES[priority])}")
+              f"{rng.choice(PRIORITY_CUES[priority])} [component: {thing}]")
     return f"{DOMAIN_INSTRUCTION} {ticket}", f"{team}/{priority}"
 
 

@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig
 
 from stages.common.params import REPO_ROOT, compose
 
@@ -24,20 +25,41 @@ def workspace(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return tmp_path
 
 
-def shrunk(overrides: list[str] = ()) -> DictConfig:
+SHRUNK_OVERRIDES = [
+    "base.pretrain.steps=60", "base.pretrain.warmup_steps=5", "model.arch.hidden_size=64",
+    "model.arch.intermediate_size=128", "model.arch.num_hidden_layers=2", "model.arch.vocab_size=600",
+    "train.max_steps=30", "train.eval_every=10", "train.warmup_steps=3", "train.batch_size=8",
+    "train.max_seq_len=96",
+]
+
+
+def shrunk(overrides: Sequence[str] = ()) -> DictConfig:
     """The default config with the tiny model and its training made small enough for a test."""
-    cfg = compose(list(overrides))
-    with open_dict(cfg):
-        cfg.base.pretrain.steps = 40
-        cfg.base.pretrain.warmup_steps = 5
-        cfg.model.arch.hidden_size = 64
-        cfg.model.arch.intermediate_size = 128
-        cfg.model.arch.num_hidden_layers = 2
-        cfg.model.arch.vocab_size = 600
-    OmegaConf.set_struct(cfg, True)
-    return cfg
+    return compose([*SHRUNK_OVERRIDES, *overrides])
+
+
+@pytest.fixture(scope="session")
+def tiny_stages(tmp_path_factory) -> Path:
+    """A workspace where the shrunk base and dedup stages have run once (shared, read-only)."""
+    from stages import base, dedup
+
+    root = tmp_path_factory.mktemp("tiny")
+    shutil.copytree(REPO_ROOT / "data" / "raw", root / "data" / "raw")
+    shutil.copytree(REPO_ROOT / "data" / "eval", root / "data" / "eval")
+    cwd = Path.cwd()
+    os.chdir(root)
+    try:
+        cfg = shrunk()
+        base.run(cfg)
+        dedup.run(cfg)
+    finally:
+        os.chdir(cwd)
+    return root
 
 
 @pytest.fixture
-def small_cfg() -> DictConfig:
-    return shrunk()
+def trained_workspace(workspace: Path, tiny_stages: Path) -> Path:
+    """A fresh workspace holding the tiny base and the clean data, ready for train."""
+    shutil.copytree(tiny_stages / "models" / "base", workspace / "models" / "base")
+    shutil.copytree(tiny_stages / "data" / "clean", workspace / "data" / "clean")
+    return workspace

@@ -47,3 +47,14 @@ def torch_perplexity(model, windows: Sequence[Sequence[int]]) -> float:
         nll, n = window_nll(torch_logits(model, ids), ids)
         total, count = total + nll, count + n
     return perplexity(total, count)
+
+
+def torch_greedy(model, prompt: Sequence[int], max_new_tokens: int, stop_ids: Sequence[int]) -> list[int]:
+    """Greedy continuation of `prompt` (token ids), stopping at a stop token (not returned)."""
+    import torch
+
+    with torch.no_grad():
+        out = model.generate(torch.tensor([list(prompt)], device=model.device), max_new_tokens=max_new_tokens,
+                             do_sample=False, eos_token_id=list(stop_ids), pad_token_id=stop_ids[0])
+    new = out[0, len(prompt):].tolist()
+    return new[: next((i for i, t in enumerate(new) if t in stop_ids), len(new))]

@@ -1,0 +1,123 @@
+"""LoRA training pieces: examples -> padded batches, the CE + beta*KL objective, validation.
+
+p_base is the same model with its adapter disabled (peft's `disable_adapter()` under no_grad):
+one copy of the weights in memory, whatever the model's size.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from stages.common.chat import prompt_ids, response_ids
+from stages.common.errors import PipelineError
+
+IGNORE = -100
+
+
+@dataclass
+class Example:
+    input_ids: list[int]
+    labels: list[int]  # IGNORE on prompt positions: only the response is scored
+
+
+def encode(tokenizer, pairs: Sequence[tuple[str, str]], max_len: int) -> list[Example]:
+    """Chat-formatted examples, the prompt masked out, truncated from the prompt's left so the
+    response (what is learned) survives."""
+    out = []
+    for prompt, response in pairs:
+        p, r = prompt_ids(tokenizer, prompt), response_ids(tokenizer, response)
+        r = r[:max_len - 1]
+        p = p[-(max_len - len(r)):]
+        out.append(Example(p + r, [IGNORE] * len(p) + r))
+    return out
+
+
+def collate(examples: Sequence[Example], pad_id: int, device) -> dict[str, torch.Tensor]:
+    """Right-padded batch with its attention mask; labels align with input_ids (`objective` shifts)."""
+    width = max(len(e.input_ids) for e in examples)
+    ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(examples), width), IGNORE, dtype=torch.long)
+    mask = torch.zeros((len(examples), width), dtype=torch.long)
+    for row, e in enumerate(examples):
+        ids[row, : len(e.input_ids)] = torch.tensor(e.input_ids)
+        labels[row, : len(e.labels)] = torch.tensor(e.labels)
+        mask[row, : len(e.input_ids)] = 1
+    return {"input_ids": ids.to(device), "attention_mask": mask.to(device), "labels": labels.to(device)}
+
+
+def batches(examples: Sequence[Example], batch_size: int, seed: int) -> Iterator[list[Example]]:
+    """Endless shuffled batches, a fresh seeded order each epoch."""
+    rng = random.Random(seed)
+    order = list(range(len(examples)))
+    while True:
+        rng.shuffle(order)
+        for i in range(0, len(order) - batch_size + 1, batch_size):
+            yield [examples[j] for j in order[i : i + batch_size]]
+
+
+def mix_general(domain: Sequence[tuple[str, str]], general: Sequence[tuple[str, str]], fraction: float,
+                seed: int) -> list[tuple[str, str]]:
+    """Domain pairs plus general pairs making up `fraction` of the result (against forgetting)."""
+    if not 0 <= fraction < 1:
+        raise PipelineError(f"train.general_mix={fraction} must be in [0, 1)")
+    n_general = min(len(general), round(len(domain) * fraction / (1 - fraction)))
+    return list(domain) + random.Random(seed).sample(list(general), n_general)
+
+
+def check_targets(model, targets: Sequence[str]) -> None:
+    """Every LoRA target names a linear layer of the model; else list the ones it has."""
+    linear = sorted({name.rsplit(".", 1)[-1] for name, m in model.named_modules() if isinstance(m, torch.nn.Linear)})
+    missing = [t for t in targets if t not in linear]
+    if missing:
+        raise PipelineError(f"model.lora_targets: {missing} not in the model; its linear layers are {linear}")
+
+
+def kl_to_base(logits: torch.Tensor, base_logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean over scored positions of KL(p_theta || p_base) = sum_v p_theta (log p_theta - log p_base)."""
+    logp = F.log_softmax(logits.float(), dim=-1)
+    logq = F.log_softmax(base_logits.float(), dim=-1)
+    kl = (logp.exp() * (logp - logq)).sum(-1)
+    return (kl * mask).sum() / mask.sum().clamp(min=1)
+
+
+def objective(model, batch: dict[str, torch.Tensor], beta: float, with_kl: bool) -> dict[str, torch.Tensor]:
+    """CE on response tokens, KL to the base on the same positions, loss = CE + beta * KL.
+
+    The base forward runs only when beta > 0 or `with_kl` asks for the KL (validation): with
+    beta = 0 training is exactly plain LoRA.
+    """
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1]
+    labels = batch["labels"][:, 1:]
+    mask = (labels != IGNORE).float()
+    ce = F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), labels.reshape(-1), ignore_index=IGNORE)
+    out = {"ce": ce}
+    if beta > 0 or with_kl:
+        with torch.no_grad(), model.disable_adapter():
+            base_logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1]
+        out["kl"] = kl_to_base(logits, base_logits, mask)
+    out["loss"] = ce + beta * out["kl"] if beta > 0 else ce
+    return out
+
+
+@torch.no_grad()
+def validate(model, examples: Sequence[Example], batch_size: int, pad_id: int, beta: float) -> dict[str, float]:
+    """Token-weighted CE and KL over the whole validation set, and loss = CE + beta * KL."""
+    model.eval()
+    totals = {"ce": 0.0, "kl": 0.0}
+    count = 0
+    for i in range(0, len(examples), batch_size):
+        chunk = examples[i : i + batch_size]
+        batch = collate(chunk, pad_id, model.device)
+        n = int((batch["labels"][:, 1:] != IGNORE).sum())
+        out = objective(model, batch, beta, with_kl=True)
+        totals["ce"] += float(out["ce"]) * n
+        totals["kl"] += float(out["kl"]) * n
+        count += n
+    model.train()
+    ce, kl = totals["ce"] / count, totals["kl"] / count
+    return {"ce": ce, "kl": kl, "loss": ce + beta * kl}

@@ -1,0 +1,64 @@
+import json
+
+import pytest
+
+from stages import train
+from stages.common import layout
+from stages.common.checkpoint import load_causal_lm, load_tokenizer
+from stages.common.errors import PipelineError
+from stages.common.lm import text_windows, torch_perplexity
+from stages.common.records import read_jsonl
+from tests.conftest import shrunk
+
+pytestmark = pytest.mark.slow
+
+
+def general_ppl(path: str) -> float:
+    texts = [r["text"] for r in read_jsonl("data/eval/general_heldout.jsonl", "text")][:40]
+    return torch_perplexity(load_causal_lm(path), text_windows(load_tokenizer(path), texts, 128))
+
+
+def test_kl_penalty_keeps_the_model_near_its_base(trained_workspace):
+    """Same seed, beta = 0 vs a large beta: the large beta ends closer to the base (lower KL on
+    the held-out domain set) and moves general perplexity less."""
+    base_ppl = general_ppl("models/base")
+    results = {}
+    for beta in (0.0, 2.0):
+        train.run(shrunk([f"train.kl_beta={beta}", "train.lr=5e-3", "train.patience=100"]))
+        metrics = json.loads(layout.TRAIN_METRICS.read_text())
+        results[beta] = (metrics["val_kl"], abs(general_ppl("models/lora/merged") - base_ppl))
+    assert results[2.0][0] < results[0.0][0]
+    assert results[2.0][1] < results[0.0][1]
+
+
+def test_same_seed_same_adapter_bytes(trained_workspace):
+    cfg = shrunk(["train.max_steps=12", "train.eval_every=6"])
+    train.run(cfg)
+    first = (layout.ADAPTER_DIR / "adapter_model.safetensors").read_bytes()
+    merged = (layout.MERGED_DIR / "model.safetensors").read_bytes()
+    train.run(cfg)
+    assert (layout.ADAPTER_DIR / "adapter_model.safetensors").read_bytes() == first
+    assert (layout.MERGED_DIR / "model.safetensors").read_bytes() == merged
+    metrics = json.loads(layout.TRAIN_METRICS.read_text())
+    assert {"train_loss", "val_loss", "train_ce", "val_ce", "val_kl", "best_step", "steps_run"} <= set(metrics)
+    assert (layout.TRAIN_LIVE_DIR / "plots" / "metrics" / "val" / "kl.tsv").is_file()
+
+
+def test_early_stopping_keeps_the_best_adapter(trained_workspace):
+    train.run(shrunk(["train.max_steps=60", "train.eval_every=2", "train.patience=1", "train.lr=0.5"]))
+    metrics = json.loads(layout.TRAIN_METRICS.read_text())
+    assert metrics["stopped_early"] and metrics["steps_run"] < 60
+    assert metrics["best_step"] < metrics["steps_run"]
+
+
+def test_bad_inputs_fail_clearly_and_write_nothing(trained_workspace):
+    with pytest.raises(PipelineError, match="not in the model; its linear layers are"):
+        train.run(shrunk(["model.lora_targets=[q_proj]"]))
+    clean = layout.CLEAN_TRAIN.read_text().splitlines()
+    layout.CLEAN_TRAIN.write_text("\n".join([*clean[:5], json.dumps({"id": "x", "prompt": "p"})]) + "\n")
+    with pytest.raises(PipelineError, match=r"train.jsonl:6: missing field 'response'"):
+        train.run(shrunk())
+    layout.CLEAN_TRAIN.write_text("")
+    with pytest.raises(PipelineError, match="empty file"):
+        train.run(shrunk())
+    assert not layout.LORA_DIR.exists() and not layout.TRAIN_METRICS.exists()
