@@ -10,8 +10,12 @@ export HF_HUB_OFFLINE := 1
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
 OVERRIDES ?=
+REV ?= main
+R ?= 4,8
+BETA ?= 0,0.2
+JOBS ?= 1
 
-.PHONY: help setup params repro test test-fast lint bench review clean
+.PHONY: help setup params repro test test-fast lint bench review sweep sweep-report clean
 
 help: ## this list
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  make %-12s %s\n", $$1, $$2}'
@@ -41,8 +45,25 @@ test-fast: $(STAMP) ## the quick tests only (no real stage runs)
 lint: $(STAMP) ## ruff
 	$(BIN)/ruff check .
 
-bench: $(STAMP) ## benchmarks: dedup signatures
+bench: $(STAMP) ## benchmarks: dedup signatures/s vs a naive loop; decode tok/s per rung vs transformers
 	$(BIN)/python -m benchmarks.dedup_signatures
+	$(BIN)/dvc repro --quiet quant_int4 quant_int8
+	$(BIN)/python -m benchmarks.decode_speed
+
+review: $(STAMP) ## for a pull request: metrics diff vs $(REV) as Markdown, then the gates table
+	@echo "## Metrics vs $(REV)"; echo
+	@$(BIN)/dvc metrics diff $(REV) --md
+	@echo; cat reports/gates.md
+
+sweep: $(STAMP) ## queue and run a grid: make sweep R="4,8,16" BETA="0,0.05,0.2" [JOBS=1]
+	$(BIN)/dvc exp run --queue -S 'train.lora.r=$(R)' -S 'train.kl_beta=$(BETA)' -S 'gates.strict=false'
+	$(BIN)/dvc queue start --jobs $(JOBS)
+	@while $(BIN)/dvc queue status | grep -qE 'Queued|Running'; do sleep 10; done
+	$(BIN)/dvc queue stop
+	$(BIN)/dvc queue status
+
+sweep-report: $(STAMP) ## the sweep as a Markdown table + reports/sweep.png (beta vs accuracy and drift)
+	$(BIN)/python -m tools.sweep_report
 
 clean: ## remove pipeline outputs (not the venv)
 	rm -rf models data/clean metrics/train metrics/eval .dvc/tmp/exps

@@ -111,7 +111,7 @@ def run(cfg: DictConfig) -> None:
                 schedule.step()
                 optimizer.zero_grad(set_to_none=True)
         for key, value in out.items():
-            live.log_metric(f"train/{key}", round(float(value), 5))
+            live.log_metric(f"train/{key}", round(float(value.detach()), 5))
         live.log_metric("train/lr", schedule.get_last_lr()[0])
         if step % t.eval_every == 0 or step == t.max_steps:
             val = validate(peft_model, val_set, t.batch_size, pad_id, t.kl_beta)

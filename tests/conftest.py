@@ -29,7 +29,8 @@ SHRUNK_OVERRIDES = [
     "base.pretrain.steps=60", "base.pretrain.warmup_steps=5", "model.arch.hidden_size=64",
     "model.arch.intermediate_size=128", "model.arch.num_hidden_layers=2", "model.arch.vocab_size=600",
     "train.max_steps=30", "train.eval_every=10", "train.warmup_steps=3", "train.batch_size=8",
-    "train.max_seq_len=96",
+    "train.max_seq_len=96", "evaluate.max_task_examples=12", "evaluate.speed.prompt_tokens=16",
+    "evaluate.speed.new_tokens=8", "evaluate.speed.repeats=1", "gates.strict=false",
 ]
 
 
@@ -63,3 +64,29 @@ def trained_workspace(workspace: Path, tiny_stages: Path) -> Path:
     shutil.copytree(tiny_stages / "models" / "base", workspace / "models" / "base")
     shutil.copytree(tiny_stages / "data" / "clean", workspace / "data" / "clean")
     return workspace
+
+
+@pytest.fixture(scope="session")
+def ladder(tiny_stages: Path, tmp_path_factory) -> Path:
+    """A workspace where train, export and both quantizations have run on the shrunk model."""
+    from stages import export, quant_int4, quant_int8, train
+
+    root = tmp_path_factory.mktemp("ladder")
+    shutil.copytree(tiny_stages, root, dirs_exist_ok=True)
+    cwd = Path.cwd()
+    os.chdir(root)
+    try:
+        cfg = shrunk()
+        for stage in (train, export, quant_int8, quant_int4):
+            stage.run(cfg)
+    finally:
+        os.chdir(cwd)
+    return root
+
+
+@pytest.fixture
+def ladder_workspace(ladder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A private copy of the ladder as the working directory (tests may change it)."""
+    shutil.copytree(ladder, tmp_path, dirs_exist_ok=True)
+    monkeypatch.chdir(tmp_path)
+    return tmp_path

@@ -17,7 +17,15 @@ TRAIN_METRICS = Path("metrics/train.json")
 TRAIN_LIVE_DIR = Path("metrics/train")
 
 ONNX_DIR = Path("models/onnx")
+ONNX_FP32 = ONNX_DIR / "fp32"
+ONNX_INT8 = ONNX_DIR / "int8"
+ONNX_INT4 = ONNX_DIR / "int4"
+ONNX_ADAPTER_FP32 = ONNX_DIR / "adapter_fp32"  # base with LoRA inputs + lora.onnx_adapter
+ONNX_ADAPTER_INT4 = ONNX_DIR / "adapter_int4"
+QUANT_INT8_METRICS = Path("metrics/quant_int8.json")
+QUANT_INT4_METRICS = Path("metrics/quant_int4.json")
 EXPORT_METRICS = Path("metrics/export.json")
 EVAL_METRICS_DIR = Path("metrics/eval")
 GATES_METRICS = Path("metrics/gates.json")
 GATES_REPORT = Path("reports/gates.md")
+LADDER_PLOT = Path("metrics/ladder.json")

@@ -19,10 +19,12 @@ def text_windows(tokenizer, texts: Sequence[str], window: int) -> list[list[int]
     return out
 
 
-def window_nll(logits: np.ndarray, ids: Sequence[int]) -> tuple[float, int]:
-    """Summed NLL of ids[1:] given logits (len(ids), vocab) for each position, and the count."""
-    logits = np.asarray(logits, dtype=np.float64)[:-1]
-    target = np.asarray(ids[1:])
+def window_nll(logits: np.ndarray, ids: Sequence[int], score_from: int = 1) -> tuple[float, int]:
+    """Summed NLL of ids[score_from:] given logits (len(ids), vocab) for each position, and the
+    count. score_from = len(prompt) scores an answer given its prompt."""
+    score_from = max(score_from, 1)
+    logits = np.asarray(logits, dtype=np.float64)[score_from - 1 : -1]
+    target = np.asarray(ids[score_from:])
     peak = logits.max(axis=-1, keepdims=True)
     log_z = np.log(np.exp(logits - peak).sum(axis=-1)) + peak[:, 0]
     return float((log_z - logits[np.arange(len(target)), target]).sum()), len(target)

@@ -62,7 +62,7 @@ def timed(log: logging.Logger, what: str) -> Iterator[dict]:
     log.info("%s took %.1f s", what, out["seconds"])
 
 
-def stage_main(run: Callable[[DictConfig], object]) -> Callable[[list[str] | None], None]:
+def stage_main(run: Callable[[DictConfig], object], name: str | None = None) -> Callable[[list[str] | None], None]:
     """Wrap `run(cfg)` as a command: params.yaml + CLI overrides in, a readable error out.
 
     A PipelineError (bad input, bad config) prints one line and exits 2, without a traceback;
@@ -70,7 +70,7 @@ def stage_main(run: Callable[[DictConfig], object]) -> Callable[[list[str] | Non
     """
 
     def main(argv: list[str] | None = None) -> None:
-        log = get_logger(run.__module__)
+        log = get_logger(name or run.__module__)
         try:
             run(load_params(argv))
         except PipelineError as e:

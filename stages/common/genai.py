@@ -1,0 +1,62 @@
+"""onnxruntime-genai, the real consumer of every ONNX rung: full logits, greedy answers, adapters."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from stages.common.onnx_models import ADAPTER_FILE
+
+
+class GenaiModel:
+    """One loaded rung folder; `adapter` names an .onnx_adapter file to activate (hot swap)."""
+
+    def __init__(self, folder: Path, adapter_files: Sequence[Path] = ()):
+        import onnxruntime_genai as og
+
+        self.og = og
+        self.folder = Path(folder)
+        self.model = og.Model(str(folder))
+        self.adapters = og.Adapters(self.model) if adapter_files or (self.folder / ADAPTER_FILE).exists() else None
+        self.adapter_names: list[str] = []
+        for path in adapter_files:
+            self.load_adapter(Path(path), Path(path).stem)
+
+    def load_adapter(self, path: Path, name: str) -> None:
+        self.adapters.load(str(path), name)
+        self.adapter_names.append(name)
+
+    def _generator(self, adapter: str | None, max_length: int):
+        params = self.og.GeneratorParams(self.model)
+        params.set_search_options(max_length=max_length, do_sample=False)
+        generator = self.og.Generator(self.model, params)
+        if adapter is not None:
+            generator.set_active_adapter(self.adapters, adapter)
+        return generator
+
+    def logits(self, ids: Sequence[int], adapter: str | None = None, chunk: int = 256) -> np.ndarray:
+        """Logits (len(ids), vocab) for every position: append_tokens then get_output("logits")
+        (get_logits() would give only the last), in chunks so long texts fit."""
+        generator = self._generator(adapter, max_length=len(ids) + 1)
+        parts = []
+        for start in range(0, len(ids), chunk):
+            generator.append_tokens(list(ids[start : start + chunk]))
+            parts.append(np.asarray(generator.get_output("logits"))[0].astype(np.float32))
+        return np.concatenate(parts)
+
+    def greedy(self, prompt: Sequence[int], max_new_tokens: int, stop_ids: Sequence[int],
+               adapter: str | None = None) -> list[int]:
+        """Greedy continuation, stopping at a stop token (not returned), as torch_greedy does."""
+        generator = self._generator(adapter, max_length=len(prompt) + max_new_tokens)
+        generator.append_tokens(list(prompt))
+        out: list[int] = []
+        while not generator.is_done() and len(out) < max_new_tokens:
+            generator.generate_next_token()
+            token = int(generator.get_next_tokens()[0])
+            if token in stop_ids:
+                break
+            out.append(token)
+        return out
+

@@ -1,0 +1,147 @@
+"""ONNX model folders for onnxruntime-genai: build, rewrite, save byte-stably, measure.
+
+The builder (onnxruntime_genai.models.builder) makes every folder: model.onnx, model.onnx.data,
+genai_config.json, tokenizer files, chat template. Post-hoc tools (quantizers, the LoRA rewrite)
+change only model.onnx(+data) and save it canonically, so equal inputs give equal bytes and DVC
+stops re-running what follows.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+
+from stages.common.errors import PipelineError
+
+MODEL_FILE = "model.onnx"
+DATA_FILE = "model.onnx.data"
+ADAPTER_FILE = "lora.onnx_adapter"
+LORA_RANK_DIM = "lora_rank"
+BUILDER_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
+
+
+def check_builder_input(path: Path) -> None:
+    """The builder needs the HF config and the tokenizer files beside the weights."""
+    missing = [f for f in ("config.json", *BUILDER_TOKENIZER_FILES) if not (path / f).is_file()]
+    if missing:
+        raise PipelineError(f"{path}: missing {', '.join(missing)}; the ONNX builder needs the tokenizer files "
+                            "in its input folder (train saves them with the merged model)")
+
+
+def run_builder(input_dir: Path, output_dir: Path, precision: str, provider: str,
+                extra_options: Mapping[str, object] | None = None) -> None:
+    """onnxruntime-genai's model builder, offline, on a local HF folder.
+
+    Only option names the builder really reads are passed (it silently ignores unknown ones,
+    e.g. the old int4_* names), and tests read the output graph to prove they took effect.
+    """
+    check_builder_input(input_dir)
+    options = [f"{k}={v}" for k, v in (extra_options or {}).items()]
+    with tempfile.TemporaryDirectory(prefix="builder-cache-") as cache:
+        cmd = [sys.executable, "-m", "onnxruntime_genai.models.builder", "-i", str(input_dir), "-o", str(output_dir),
+               "-p", precision, "-e", provider, "-c", cache]
+        if options:
+            cmd += ["--extra_options", *options]
+        env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+        done = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    if done.returncode != 0 or not (output_dir / MODEL_FILE).is_file():
+        tail = "\n".join((done.stdout + done.stderr).strip().splitlines()[-15:])
+        raise PipelineError(f"ONNX builder failed on {input_dir} ({precision}, {provider}):\n{tail}")
+
+
+def load(folder: Path):
+    import onnx
+
+    return onnx.load(str(folder / MODEL_FILE), load_external_data=True)
+
+
+def save_canonical(model, folder: Path) -> None:
+    """model.onnx + one external data file, initializers sorted by name: the same graph content
+    always gives the same bytes (the quantizers' own saves do not)."""
+    import onnx
+
+    inits = sorted(model.graph.initializer, key=lambda t: t.name)
+    del model.graph.initializer[:]
+    model.graph.initializer.extend(inits)
+    for path in (folder / MODEL_FILE, folder / DATA_FILE):
+        path.unlink(missing_ok=True)
+    onnx.save_model(model, str(folder / MODEL_FILE), save_as_external_data=True, all_tensors_to_one_file=True,
+                    location=DATA_FILE, size_threshold=1024)
+
+
+def copy_support_files(src: Path, dst: Path) -> None:
+    """Everything of a rung's folder but the graph itself (genai_config, tokenizer, template...)."""
+    dst.mkdir(parents=True, exist_ok=True)
+    for item in sorted(src.iterdir()):
+        if item.name not in (MODEL_FILE, DATA_FILE) and item.is_file():
+            shutil.copy2(item, dst / item.name)
+
+
+def folder_megabytes(folder: Path, weights_only: bool = False) -> float:
+    files = [folder / MODEL_FILE, folder / DATA_FILE] if weights_only else [p for p in folder.rglob("*") if p.is_file()]
+    return round(sum(p.stat().st_size for p in files if p.exists()) / 1e6, 3)
+
+
+# ---------------------------------------------------------------------------------- LoRA adapters
+def is_lora_weight(name: str) -> bool:
+    return ".lora_A." in name or ".lora_B." in name
+
+
+def lora_weights(model) -> dict[str, np.ndarray]:
+    """The LoRA initializers the builder baked in (q/k/v and gate/up unpacked, scaling folded into B)."""
+    from onnx import numpy_helper
+
+    return {t.name: numpy_helper.to_array(t).copy() for t in model.graph.initializer if is_lora_weight(t.name)}
+
+
+def lora_as_inputs(model) -> list[str]:
+    """Make every LoRA weight a graph input with a dynamic rank dimension, keeping a zero
+    initializer of the same name as its default: with no adapter active the model is the base."""
+    import onnx
+    from onnx import helper, numpy_helper
+
+    names = []
+    for init in model.graph.initializer:
+        if not is_lora_weight(init.name):
+            continue
+        array = numpy_helper.to_array(init)
+        rank_axis = 1 if ".lora_A." in init.name else 0
+        shape = [LORA_RANK_DIM if axis == rank_axis else d for axis, d in enumerate(array.shape)]
+        model.graph.input.append(helper.make_tensor_value_info(init.name, onnx.TensorProto.FLOAT, shape))
+        init.CopyFrom(numpy_helper.from_array(np.zeros_like(array), init.name))
+        names.append(init.name)
+    if not names:
+        raise PipelineError("the base+adapter graph holds no LoRA weights (was adapter_path ignored?)")
+    return sorted(names)
+
+
+def write_adapter_file(weights: Mapping[str, np.ndarray], path: Path) -> None:
+    """An onnxruntime adapter file (.onnx_adapter) that og.Adapters can load and hot-swap."""
+    import onnxruntime as ort
+
+    fmt = ort.AdapterFormat()
+    fmt.set_adapter_version(1)
+    fmt.set_model_version(1)
+    fmt.set_parameters({k: ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(weights[k])) for k in sorted(weights)})
+    fmt.export_adapter(str(path))
+
+
+def read_adapter_file(path: Path) -> dict[str, np.ndarray]:
+    import onnxruntime as ort
+
+    return {k: v.numpy() for k, v in ort.AdapterFormat.read_adapter(str(path)).get_parameters().items()}
+
+
+def adapter_weights_from_peft(base_dir: Path, adapter_dir: Path, provider: str) -> dict[str, np.ndarray]:
+    """The ONNX tensors of a peft adapter, named as in the base+adapter graph: built by the
+    builder itself (not a hand-written copy of its q/k/v split and scaling), then read back."""
+    with tempfile.TemporaryDirectory(prefix="adapter-build-") as tmp:
+        run_builder(base_dir, Path(tmp), "fp32", provider, {"adapter_path": adapter_dir})
+        return lora_weights(load(Path(tmp)))

@@ -1,0 +1,67 @@
+"""export: the merged model as FP32 ONNX for onnxruntime-genai, and the base with LoRA inputs
+plus an .onnx_adapter file, so an adapter can be hot-swapped at run time.
+
+Adapter route (chosen over Olive's ExtractAdapters, which does not drive this builder version):
+the builder's `adapter_path` bakes the LoRA branches into the graph as initializers; we turn
+those into graph inputs with a dynamic rank dimension, keep zero initializers of the same names
+as defaults (no adapter active = the base), and write the trained weights with
+onnxruntime.AdapterFormat. Every folder is complete for onnxruntime-genai (genai_config.json,
+tokenizer, chat template) and uses external data, so a > 2 GB model exports the same way.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from omegaconf import DictConfig
+
+from stages.common import layout
+from stages.common.atomic import atomic_path, write_json
+from stages.common.onnx_models import (
+    ADAPTER_FILE,
+    check_builder_input,
+    folder_megabytes,
+    load,
+    lora_as_inputs,
+    lora_weights,
+    run_builder,
+    save_canonical,
+    write_adapter_file,
+)
+from stages.common.runtime import get_logger, stage_main
+
+log = get_logger(__name__)
+
+
+def export_base_with_adapter(base_dir: Path, adapter_dir: Path, provider: str, out: Path) -> int:
+    """The base graph with LoRA weights as inputs, and the trained adapter beside it."""
+    run_builder(base_dir, out, "fp32", provider, {"adapter_path": adapter_dir})
+    model = load(out)
+    write_adapter_file(lora_weights(model), out / ADAPTER_FILE)
+    names = lora_as_inputs(model)
+    save_canonical(model, out)
+    return len(names)
+
+
+def run(cfg: DictConfig) -> None:
+    provider = cfg.model.execution_provider
+    base_dir = Path(cfg.model.path)
+    check_builder_input(layout.MERGED_DIR)  # before anything is written
+    check_builder_input(base_dir)
+
+    with atomic_path(layout.ONNX_FP32) as tmp:
+        run_builder(layout.MERGED_DIR, tmp, "fp32", provider)
+    with atomic_path(layout.ONNX_ADAPTER_FP32) as tmp:
+        lora_tensors = export_base_with_adapter(base_dir, layout.ADAPTER_DIR, provider, tmp)
+    metrics = {"fp32_mb": folder_megabytes(layout.ONNX_FP32, weights_only=True),
+               "adapter_fp32_mb": folder_megabytes(layout.ONNX_ADAPTER_FP32, weights_only=True),
+               "adapter_file_mb": round((layout.ONNX_ADAPTER_FP32 / ADAPTER_FILE).stat().st_size / 1e6, 3),
+               "lora_tensors": lora_tensors}
+    write_json(layout.EXPORT_METRICS, metrics)
+    log.info("export (%s): %s", provider, metrics)
+
+
+main = stage_main(run)
+
+if __name__ == "__main__":
+    main()

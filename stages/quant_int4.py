@@ -1,0 +1,68 @@
+"""quant_int4: weight-only blockwise INT4 (MatMulNBits) of the FP32 rung and of the base with
+LoRA inputs, with onnxruntime's MatMulNBitsQuantizer.
+
+One route for both graphs and every algorithm: rtn (default), k_quant, hqq, gptq (calibrated on
+a sample of the clean training set). Block size, symmetry and accuracy level come from params and
+are written on every MatMulNBits node; the LoRA MatMuls stay in float, so the INT4 base still
+takes any adapter file.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from omegaconf import DictConfig
+
+from stages.common import layout
+from stages.common.atomic import atomic_path, write_json
+from stages.common.chat import prompt_ids, response_ids
+from stages.common.checkpoint import load_tokenizer
+from stages.common.errors import PipelineError
+from stages.common.onnx_models import ADAPTER_FILE, copy_support_files, folder_megabytes, load, save_canonical
+from stages.common.quantize import INT4_ALGORITHMS, check_choice, quantize_weights
+from stages.common.records import read_jsonl
+from stages.common.runtime import get_logger, stage_main
+
+log = get_logger(__name__)
+
+
+def calibration_samples(cfg: DictConfig) -> list[list[int]]:
+    if cfg.quant_int4.algorithm != "gptq":
+        return []
+    tokenizer = load_tokenizer(layout.MERGED_DIR)
+    rows = read_jsonl(layout.CLEAN_TRAIN, "instruction")[: cfg.quant_int4.gptq_calibration_samples]
+    return [prompt_ids(tokenizer, r["prompt"]) + response_ids(tokenizer, r["response"]) for r in rows]
+
+
+def quantize_folder(src: Path, dst: Path, cfg: DictConfig, calibration: list[list[int]]) -> None:
+    q = cfg.quant_int4
+    copy_support_files(src, dst)
+    model = quantize_weights(load(src), 4, q.algorithm, q.block_size, q.symmetric, q.accuracy_level, calibration,
+                             embedding=q.quantize_embedding and q.algorithm in ("rtn", "hqq"))
+    save_canonical(model, dst)
+
+
+def run(cfg: DictConfig) -> None:
+    q = cfg.quant_int4
+    check_choice("quant_int4.algorithm", q.algorithm, INT4_ALGORITHMS)
+    if q.block_size not in (16, 32, 64, 128, 256):
+        raise PipelineError(f"quant_int4.block_size={q.block_size}: expected 16, 32, 64, 128 or 256")
+    calibration = calibration_samples(cfg)
+    with atomic_path(layout.ONNX_INT4) as tmp:
+        quantize_folder(layout.ONNX_FP32, tmp, cfg, calibration)
+    metrics = {"algorithm": q.algorithm, "int4_mb": folder_megabytes(layout.ONNX_INT4, weights_only=True)}
+    fp32 = folder_megabytes(layout.ONNX_FP32, weights_only=True)
+    metrics["size_vs_fp32"] = round(metrics["int4_mb"] / fp32, 4)
+    with atomic_path(layout.ONNX_ADAPTER_INT4) as tmp:
+        quantize_folder(layout.ONNX_ADAPTER_FP32, tmp, cfg, calibration)
+        shutil.copy2(layout.ONNX_ADAPTER_FP32 / ADAPTER_FILE, tmp / ADAPTER_FILE)
+    metrics["adapter_int4_mb"] = folder_megabytes(layout.ONNX_ADAPTER_INT4, weights_only=True)
+    write_json(layout.QUANT_INT4_METRICS, metrics)
+    log.info("INT4 (%s, block %d): %s", q.algorithm, q.block_size, metrics)
+
+
+main = stage_main(run)
+
+if __name__ == "__main__":
+    main()

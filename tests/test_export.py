@@ -1,0 +1,140 @@
+import hashlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from stages import export, quant_int4, quant_int8, train
+from stages.common import layout
+from stages.common.chat import prompt_ids, stop_token_ids
+from stages.common.checkpoint import load_causal_lm, load_tokenizer
+from stages.common.errors import PipelineError
+from stages.common.genai import GenaiModel
+from stages.common.lm import torch_greedy, torch_logits
+from stages.common.onnx_models import (
+    ADAPTER_FILE,
+    adapter_weights_from_peft,
+    load,
+    read_adapter_file,
+    write_adapter_file,
+)
+from stages.common.quantize import matmul_nbits_attributes
+from stages.common.records import read_jsonl
+from tests.conftest import shrunk
+
+pytestmark = pytest.mark.slow
+
+
+def prompts(n: int = 6) -> list[str]:
+    sets = ("data/eval/domain_test.jsonl", "data/eval/general_test.jsonl")
+    return [r["prompt"] for path in sets for r in read_jsonl(path, "task")[:n]]
+
+
+def digest(folder: Path) -> dict[str, str]:
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir())}
+
+
+def test_fp32_matches_torch_logits_and_greedy_output(ladder_workspace):
+    torch_model = load_causal_lm(layout.MERGED_DIR)
+    tokenizer = load_tokenizer(layout.MERGED_DIR)
+    onnx = GenaiModel(layout.ONNX_FP32)
+    stop = stop_token_ids(tokenizer)
+    for prompt in prompts():
+        ids = prompt_ids(tokenizer, prompt)
+        np.testing.assert_allclose(onnx.logits(ids), torch_logits(torch_model, ids), atol=1e-4, rtol=0)
+        assert onnx.greedy(ids, 12, stop) == torch_greedy(torch_model, ids, 12, stop)
+    # chunked appends give the same logits as one append (long texts go in chunks)
+    long_ids = [t for p in prompts() for t in prompt_ids(tokenizer, p)][:200]
+    np.testing.assert_allclose(onnx.logits(long_ids, chunk=64), onnx.logits(long_ids), atol=1e-4, rtol=0)
+
+
+def test_every_rung_loads_and_generates(ladder_workspace):
+    tokenizer = load_tokenizer(layout.MERGED_DIR)
+    ids = prompt_ids(tokenizer, prompts(1)[0])
+    for folder in (layout.ONNX_FP32, layout.ONNX_INT8, layout.ONNX_INT4, layout.ONNX_ADAPTER_FP32,
+                   layout.ONNX_ADAPTER_INT4):
+        for name in ("genai_config.json", "tokenizer.json", "chat_template.jinja", "model.onnx", "model.onnx.data"):
+            assert (folder / name).is_file(), f"{folder} lacks {name}"
+        model = GenaiModel(folder)
+        adapter = None
+        if (folder / ADAPTER_FILE).exists():
+            model.load_adapter(folder / ADAPTER_FILE, "lora")
+            adapter = "lora"
+        assert len(model.greedy(ids, 5, [-1], adapter=adapter)) == 5
+
+
+def test_adapter_tensor_names_match_graph_inputs(ladder_workspace):
+    inputs = {i.name for i in load(layout.ONNX_ADAPTER_FP32).graph.input}
+    names = set(read_adapter_file(layout.ONNX_ADAPTER_FP32 / ADAPTER_FILE))
+    assert names and names <= inputs
+    int4 = load(layout.ONNX_ADAPTER_INT4)
+    assert names <= {i.name for i in int4.graph.input}
+    fed_by_lora = [n for n in int4.graph.node if set(n.input) & names]
+    assert fed_by_lora and all(n.op_type == "MatMul" for n in fed_by_lora)  # LoRA kept out of INT4
+
+
+def test_hot_swap_two_adapters_on_one_base(ladder_workspace):
+    """One loaded base, two adapters switched at run time, each matching its peft model."""
+    from peft import PeftModel
+
+    first = Path("adapter_one")
+    layout.ADAPTER_DIR.rename(first)
+    train.run(shrunk(["seed=7", "train.kl_beta=0", "train.lr=1e-2", "train.max_steps=10"]))
+    second = Path("adapter_two")
+    layout.ADAPTER_DIR.rename(second)
+    write_adapter_file(adapter_weights_from_peft(layout.BASE_DIR, second, "cpu"), Path("two.onnx_adapter"))
+
+    model = GenaiModel(layout.ONNX_ADAPTER_FP32)
+    model.load_adapter(layout.ONNX_ADAPTER_FP32 / ADAPTER_FILE, "one")
+    model.load_adapter(Path("two.onnx_adapter"), "two")
+    tokenizer = load_tokenizer(layout.BASE_DIR)
+    ids = prompt_ids(tokenizer, prompts(1)[0])
+    expected = {name: torch_logits(PeftModel.from_pretrained(load_causal_lm(layout.BASE_DIR), str(path)).eval(), ids)
+                for name, path in (("one", first), ("two", second))}
+    for name in ("one", "two", "one"):
+        np.testing.assert_allclose(model.logits(ids, adapter=name), expected[name], atol=1e-4, rtol=0)
+    assert np.abs(expected["one"] - expected["two"]).max() > 1e-2  # really two different adapters
+    np.testing.assert_allclose(model.logits(ids), torch_logits(load_causal_lm(layout.BASE_DIR), ids), atol=1e-4, rtol=0)
+
+
+def test_int4_graph_carries_the_params(ladder_workspace):
+    quant_int4.run(shrunk(["quant_int4.block_size=16", "quant_int4.accuracy_level=4", "quant_int4.symmetric=false"]))
+    for folder in (layout.ONNX_INT4, layout.ONNX_ADAPTER_INT4):
+        attrs = matmul_nbits_attributes(load(folder))
+        assert attrs and all(a["bits"] == 4 and a["block_size"] == 16 and a["accuracy_level"] == 4 for a in attrs)
+        zero_points = [n for n in load(folder).graph.node if n.op_type == "MatMulNBits" and len(n.input) > 3]
+        assert zero_points  # asymmetric: zero points present
+
+
+def test_reruns_are_byte_identical(ladder_workspace):
+    before = {f: digest(f) for f in (layout.ONNX_FP32, layout.ONNX_ADAPTER_FP32, layout.ONNX_INT8, layout.ONNX_INT4,
+                                     layout.ONNX_ADAPTER_INT4)}
+    cfg = shrunk()
+    for stage in (export, quant_int8, quant_int4):
+        stage.run(cfg)
+    assert {f: digest(f) for f in before} == before
+
+
+def test_dynamic_int8_is_selectable_and_byte_stable(ladder_workspace):
+    cfg = shrunk(["quant_int8.method=dynamic"])
+    quant_int8.run(cfg)
+    first = digest(layout.ONNX_INT8)
+    quant_int8.run(cfg)
+    assert digest(layout.ONNX_INT8) == first
+    ops = {n.op_type for n in load(layout.ONNX_INT8).graph.node}
+    assert "MatMulInteger" in ops or "DynamicQuantizeMatMul" in ops
+    tokenizer = load_tokenizer(layout.MERGED_DIR)
+    assert len(GenaiModel(layout.ONNX_INT8).greedy(prompt_ids(tokenizer, "hi"), 3, [-1])) == 3
+
+
+def test_bad_inputs_fail_before_writing(ladder_workspace):
+    import shutil
+
+    shutil.rmtree(layout.ONNX_DIR)
+    (layout.MERGED_DIR / "tokenizer.json").unlink()
+    with pytest.raises(PipelineError, match="missing tokenizer.json"):
+        export.run(shrunk())
+    assert not layout.ONNX_DIR.exists()
+    with pytest.raises(PipelineError, match="unknown; choose one of rtn, k_quant, hqq, gptq"):
+        quant_int4.run(shrunk(["quant_int4.algorithm=awq"]))
+    assert not layout.ONNX_INT4.exists()

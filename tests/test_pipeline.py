@@ -1,0 +1,73 @@
+"""The DAG as users drive it: `dvc repro` in a copy of this repository, on the shrunk profile."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from stages.common.params import REPO_ROOT
+from tests.conftest import SHRUNK_OVERRIDES
+
+pytestmark = pytest.mark.slow
+
+STAGES_AFTER_TRAIN = {"train", "export", "quant_int8", "quant_int4", "evaluate@torch_lora", "evaluate@onnx_fp32",
+                      "evaluate@onnx_int8", "evaluate@onnx_int4", "gates"}
+
+
+def sh(repo: Path, *cmd: str) -> str:
+    env = {**os.environ, "PYTHONPATH": str(repo), "PROGRESS": "0",
+           "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    done = subprocess.run(cmd, cwd=repo, capture_output=True, text=True, env=env)
+    assert done.returncode == 0, f"{' '.join(cmd)} failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+    return done.stdout
+
+
+def stale(repo: Path, *overrides: str) -> set[str]:
+    sh(repo, sys.executable, "-m", "stages.common.params", *SHRUNK_OVERRIDES, *overrides)
+    return set(json.loads(sh(repo, "dvc", "status", "--json")))
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory) -> Path:
+    """A copy of the tracked files, as a fresh clone has them, with the shrunk DAG reproduced."""
+    repo = tmp_path_factory.mktemp("repo")
+    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=REPO_ROOT, capture_output=True,
+                           text=True, check=True).stdout.split()
+    for name in files:
+        if (REPO_ROOT / name).is_file():
+            (repo / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO_ROOT / name, repo / name)
+    for cmd in (["git", "init", "-q"], ["git", "add", "-A"],
+                ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "copy"]):
+        subprocess.run(cmd, cwd=repo, check=True)
+    stale(repo)
+    sh(repo, "dvc", "repro")
+    return repo
+
+
+def test_dag_lists_every_stage(repo):
+    dag = sh(repo, "dvc", "dag")
+    for stage in ("base", "dedup", "train", "export", "quant_int8", "quant_int4", "evaluate@onnx_int4", "gates"):
+        assert stage in dag
+
+
+def test_repro_after_repro_does_nothing(repo):
+    assert stale(repo) == set()
+    out = sh(repo, "dvc", "repro")
+    assert "Running stage" not in out
+
+
+def test_kl_beta_invalidates_train_and_after_only(repo):
+    assert stale(repo, "train.kl_beta=0.2") == STAGES_AFTER_TRAIN
+
+
+def test_int4_param_invalidates_int4_and_after_only(repo):
+    assert stale(repo, "quant_int4.block_size=16") == {"quant_int4", "evaluate@onnx_int4", "gates"}
+
+
+def test_dedup_param_invalidates_dedup_and_after(repo):
+    assert stale(repo, "dedup.threshold=0.6") == {"dedup", *STAGES_AFTER_TRAIN}

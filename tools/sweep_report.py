@@ -1,0 +1,113 @@
+"""`make sweep-report`: the sweep's experiments as a Markdown table and a trade-off plot.
+
+Reads `dvc exp show --json` (DVC's own record of every experiment), keeps the columns that matter
+(r, beta, domain accuracy, general perplexity change, KL to base, INT4 accuracy, gate verdict),
+marks the best point that passes every gate, and plots beta against domain accuracy and general
+perplexity drift: learning the domain against forgetting the general distribution.
+
+    python -m tools.sweep_report [--plot reports/sweep.png] [--md reports/sweep.md]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+from pathlib import Path
+
+from stages.common.atomic import atomic_path, write_text
+
+
+def _metric(data: dict, path: str, key: str):
+    return (data.get("metrics", {}).get(path, {}).get("data") or {}).get(key)
+
+
+def points(exp_show: list[dict]) -> list[dict]:
+    """One row per experiment (and the workspace/baseline), from `dvc exp show --json`."""
+    rows = []
+
+    def add(entry: dict, name: str) -> None:
+        data = entry.get("data") or {}
+        params = (data.get("params", {}).get("params.yaml", {}).get("data")) or {}
+        if not params or _metric(data, "metrics/eval/torch_lora.json", "domain_acc") is None:
+            return
+        base_ppl = _metric(data, "metrics/eval/torch_base.json", "general_ppl")
+        lora_ppl = _metric(data, "metrics/eval/torch_lora.json", "general_ppl")
+        rows.append({
+            "name": name, "r": params["train"]["lora"]["r"], "beta": params["train"]["kl_beta"],
+            "domain_acc": _metric(data, "metrics/eval/torch_lora.json", "domain_acc"),
+            "general_ppl_change": round(lora_ppl / base_ppl - 1, 4) if base_ppl and lora_ppl else None,
+            "general_acc": _metric(data, "metrics/eval/torch_lora.json", "general_acc"),
+            "val_kl": _metric(data, "metrics/train.json", "val_kl"),
+            "int4_domain_acc": _metric(data, "metrics/eval/onnx_int4.json", "domain_acc"),
+            "gates_passed": _metric(data, "metrics/gates.json", "passed"),
+        })
+
+    for commit in exp_show:
+        for group in commit.get("experiments") or []:
+            for rev in group.get("revs", []):
+                add(rev, rev.get("name") or rev.get("rev", "")[:7])
+    return sorted(rows, key=lambda p: (p["beta"], p["r"]))
+
+
+def best(rows: list[dict]) -> dict | None:
+    passing = [p for p in rows if p["gates_passed"]]
+    return max(passing, key=lambda p: (p["domain_acc"], -p["general_ppl_change"])) if passing else None
+
+
+def markdown(rows: list[dict]) -> str:
+    top = best(rows)
+    lines = ["| experiment | r | β | domain acc | general ppl Δ | general acc | KL to base | INT4 domain acc | gates |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---|"]
+    for p in rows:
+        mark = " ★" if p is top else ""
+        lines.append(f"| {p['name']}{mark} | {p['r']} | {p['beta']} | {p['domain_acc']:.3f} | "
+                     f"{p['general_ppl_change']:+.2%} | {p['general_acc']:.3f} | {p['val_kl']:.3f} | "
+                     f"{p['int4_domain_acc']:.3f} | {'pass' if p['gates_passed'] else 'FAIL'} |")
+    note = f"★ best point passing every gate: {top['name']} (r={top['r']}, β={top['beta']})" if top else \
+        "no point passes every gate"
+    return "\n".join(lines) + f"\n\n{note}\n"
+
+
+def plot(rows: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (acc_ax, ppl_ax) = plt.subplots(1, 2, figsize=(10, 4))
+    for r in sorted({p["r"] for p in rows}):
+        pts = [p for p in rows if p["r"] == r]
+        acc_ax.plot([p["beta"] for p in pts], [p["domain_acc"] for p in pts], "o-", label=f"r={r}")
+        ppl_ax.plot([p["beta"] for p in pts], [100 * p["general_ppl_change"] for p in pts], "o-", label=f"r={r}")
+    top = best(rows)
+    if top:
+        acc_ax.plot([top["beta"]], [top["domain_acc"]], "*", markersize=16, color="gold", label="best passing")
+        ppl_ax.plot([top["beta"]], [100 * top["general_ppl_change"]], "*", markersize=16, color="gold")
+    acc_ax.set(xlabel="β (KL weight)", ylabel="domain exact match", title="learning the domain")
+    ppl_ax.set(xlabel="β (KL weight)", ylabel="general perplexity change (%)", title="forgetting")
+    acc_ax.legend()
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--plot", type=Path, default=Path("reports/sweep.png"))
+    parser.add_argument("--md", type=Path, default=Path("reports/sweep.md"))
+    args = parser.parse_args()
+    shown = json.loads(subprocess.run(["dvc", "exp", "show", "--json"], capture_output=True, text=True,
+                                      check=True).stdout)
+    rows = points(shown)
+    if not rows:
+        raise SystemExit("no finished experiment with evaluation metrics; run `make sweep` first")
+    table = markdown(rows)
+    write_text(args.md, table)
+    plot(rows, args.plot)
+    print(table)
+    print(f"wrote {args.md} and {args.plot}")
+
+
+if __name__ == "__main__":
+    main()
