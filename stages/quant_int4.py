@@ -1,14 +1,16 @@
 """quant_int4: weight-only blockwise INT4 (MatMulNBits) of the FP32 rung and of the base with
 LoRA inputs, with onnxruntime's MatMulNBitsQuantizer.
 
-One route for both graphs and every algorithm: rtn (default), k_quant, hqq, gptq (calibrated on
-a sample of the clean training set). Block size, symmetry and accuracy level come from params and
-are written on every MatMulNBits node; the LoRA MatMuls stay in float, so the INT4 base still
-takes any adapter file.
+One route for both graphs and every algorithm: rtn (default; also quantizes the embedding),
+k_quant, hqq, gptq (calibrated on a sample of the clean training set; the base-with-adapter graph
+then takes rtn, see below). Block size, symmetry and accuracy level come from params and are
+written on every MatMulNBits node; the LoRA MatMuls stay in float, so the INT4 base still takes
+any adapter file.
 """
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -20,7 +22,7 @@ from stages.common.chat import prompt_ids, response_ids
 from stages.common.checkpoint import load_tokenizer
 from stages.common.errors import PipelineError
 from stages.common.onnx_models import ADAPTER_FILE, copy_support_files, folder_megabytes, load, save_canonical
-from stages.common.quantize import INT4_ALGORITHMS, check_choice, quantize_weights
+from stages.common.quantize import INT4_ALGORITHMS, calibration_reader, check_choice, quantize_weights
 from stages.common.records import read_jsonl
 from stages.common.runtime import get_logger, stage_main
 
@@ -35,11 +37,16 @@ def calibration_samples(cfg: DictConfig) -> list[list[int]]:
     return [prompt_ids(tokenizer, r["prompt"]) + response_ids(tokenizer, r["response"]) for r in rows]
 
 
-def quantize_folder(src: Path, dst: Path, cfg: DictConfig, calibration: list[list[int]]) -> None:
+def quantize_folder(src: Path, dst: Path, cfg: DictConfig, algorithm: str, calibration: list[list[int]]) -> None:
     q = cfg.quant_int4
     copy_support_files(src, dst)
-    model = quantize_weights(load(src), 4, q.algorithm, q.block_size, q.symmetric, q.accuracy_level, calibration,
-                             embedding=q.quantize_embedding and q.algorithm in ("rtn", "hqq"))
+    model = load(src)
+    reader = None
+    if algorithm == "gptq":
+        head_size = json.loads((src / "genai_config.json").read_text())["model"]["decoder"]["head_size"]
+        reader = calibration_reader(model, calibration, head_size)
+    model = quantize_weights(model, 4, algorithm, q.block_size, q.symmetric, q.accuracy_level, reader,
+                             embedding=q.quantize_embedding and algorithm == "rtn")
     save_canonical(model, dst)
 
 
@@ -50,13 +57,17 @@ def run(cfg: DictConfig) -> None:
         raise PipelineError(f"quant_int4.block_size={q.block_size}: expected 16, 32, 64, 128 or 256")
     calibration = calibration_samples(cfg)
     with atomic_path(layout.ONNX_INT4) as tmp:
-        quantize_folder(layout.ONNX_FP32, tmp, cfg, calibration)
+        quantize_folder(layout.ONNX_FP32, tmp, cfg, q.algorithm, calibration)
     metrics = {"algorithm": q.algorithm, "int4_mb": folder_megabytes(layout.ONNX_INT4, weights_only=True)}
     fp32 = folder_megabytes(layout.ONNX_FP32, weights_only=True)
     metrics["size_vs_fp32"] = round(metrics["int4_mb"] / fp32, 4)
+    # GPTQ calibrates one fixed model; a hot-swappable base has no fixed adapter (and the GPTQ port
+    # cannot read graphs whose LoRA weights are inputs), so that graph takes RTN with the same knobs.
+    adapter_algorithm = "rtn" if q.algorithm == "gptq" else q.algorithm
     with atomic_path(layout.ONNX_ADAPTER_INT4) as tmp:
-        quantize_folder(layout.ONNX_ADAPTER_FP32, tmp, cfg, calibration)
+        quantize_folder(layout.ONNX_ADAPTER_FP32, tmp, cfg, adapter_algorithm, calibration)
         shutil.copy2(layout.ONNX_ADAPTER_FP32 / ADAPTER_FILE, tmp / ADAPTER_FILE)
+    metrics["adapter_int4_algorithm"] = adapter_algorithm
     metrics["adapter_int4_mb"] = folder_megabytes(layout.ONNX_ADAPTER_INT4, weights_only=True)
     write_json(layout.QUANT_INT4_METRICS, metrics)
     log.info("INT4 (%s, block %d): %s", q.algorithm, q.block_size, metrics)

@@ -2,8 +2,10 @@
 
     loss = CE(response tokens) + kl_beta * KL(p_theta || p_base)
 
-p_base is the same model with the adapter disabled (no second copy). A share of general-task
-examples (train.general_mix) is mixed in against forgetting. AdamW with weight decay on the LoRA
+p_base is the same model with the adapter disabled (no second copy). Against forgetting, a share
+of general-task examples (train.general_mix) is mixed in, and a share of plain general-text
+windows (train.replay_mix), scored on every token, so that the KL leash also holds the model's
+distribution on ordinary text, not only on answers. AdamW with weight decay on the LoRA
 parameters, warmup then cosine or constant, gradient accumulation and clipping; validation on the
 held-out domain set every eval_every steps, early stopping after `patience` validations without
 improvement. Runs as is on CPU (tiny) or under `accelerate launch` on several GPUs.
@@ -22,7 +24,17 @@ from stages.common import layout
 from stages.common.atomic import atomic_path, write_json
 from stages.common.checkpoint import load_causal_lm, load_tokenizer, torch_dtype
 from stages.common.errors import PipelineError
-from stages.common.lora import batches, check_targets, collate, encode, mix_general, objective, validate
+from stages.common.lora import (
+    batches,
+    check_targets,
+    collate,
+    encode,
+    encode_text,
+    mix_general,
+    objective,
+    replay_sample,
+    validate,
+)
 from stages.common.records import read_jsonl
 from stages.common.runtime import get_logger, progress, seed_everything, stage_main
 
@@ -72,6 +84,9 @@ def run(cfg: DictConfig) -> None:
     domain = pairs(read_jsonl(layout.CLEAN_TRAIN, "instruction"), "response")
     general = pairs(read_jsonl(cfg.data.general_task_train, "instruction"), "response")
     train_set = encode(tokenizer, mix_general(domain, general, t.general_mix, cfg.seed), t.max_seq_len)
+    if t.replay_mix > 0:
+        corpus = encode_text(tokenizer, [r["text"] for r in read_jsonl(cfg.data.general_corpus, "text")], t.max_seq_len)
+        train_set += replay_sample(corpus, len(train_set), t.replay_mix, cfg.seed)
     val_set = encode(tokenizer, pairs(read_jsonl(cfg.data.eval.domain_val, "task"), "answer"), t.max_seq_len)
     if len(train_set) < t.batch_size:
         raise PipelineError(f"{len(train_set)} training examples, fewer than one batch ({t.batch_size})")
@@ -103,7 +118,8 @@ def run(cfg: DictConfig) -> None:
     for step in progress(range(1, t.max_steps + 1), desc="LoRA", total=t.max_steps):
         for _ in range(t.grad_accum):
             with accelerator.accumulate(model):
-                out = objective(peft_model, collate(next(stream), pad_id, accelerator.device), t.kl_beta, False)
+                batch = collate(next(stream), pad_id, accelerator.device)
+                out = objective(model, batch, t.kl_beta, with_kl=False, peft_model=peft_model)
                 accelerator.backward(out["loss"])
                 if accelerator.sync_gradients:
                     accelerator.clip_grad_norm_(trainable, t.max_grad_norm)
@@ -137,12 +153,12 @@ def run(cfg: DictConfig) -> None:
         merged.save_pretrained(tmp / "merged", safe_serialization=True)
         tokenizer.save_pretrained(tmp / "merged")
     metrics = {"steps_run": step, "best_step": best["step"], "stopped_early": step < t.max_steps,
-               "train_loss": round(float(out["loss"]), 5), "train_ce": round(float(out["ce"]), 5),
+               "train_loss": round(out["loss"].item(), 5), "train_ce": round(out["ce"].item(), 5),
                "val_loss": round(best["loss"], 5), "val_ce": round(best["ce"], 5), "val_kl": round(best["kl"], 6),
                "examples": len(train_set), "trainable_parameters": sum(p.numel() for p in trainable),
                "seconds": round(seconds, 1)}
     if "kl" in out:
-        metrics["train_kl"] = round(float(out["kl"]), 6)
+        metrics["train_kl"] = round(out["kl"].item(), 6)
     if torch.cuda.is_available():
         metrics["peak_gpu_memory_gb"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
     write_json(layout.TRAIN_METRICS, metrics)

@@ -138,3 +138,14 @@ def test_bad_inputs_fail_before_writing(ladder_workspace):
     with pytest.raises(PipelineError, match="unknown; choose one of rtn, k_quant, hqq, gptq"):
         quant_int4.run(shrunk(["quant_int4.algorithm=awq"]))
     assert not layout.ONNX_INT4.exists()
+
+
+@pytest.mark.parametrize("algorithm", ["k_quant", "hqq", "gptq"])
+def test_every_int4_algorithm_loads_and_generates(ladder_workspace, algorithm):
+    quant_int4.run(shrunk([f"quant_int4.algorithm={algorithm}", "quant_int4.gptq_calibration_samples=4"]))
+    attrs = matmul_nbits_attributes(load(layout.ONNX_INT4))
+    assert attrs and all(a["bits"] == 4 and a["accuracy_level"] == 4 for a in attrs)
+    tokenizer = load_tokenizer(layout.MERGED_DIR)
+    model = GenaiModel(layout.ONNX_ADAPTER_INT4)
+    model.load_adapter(layout.ONNX_ADAPTER_INT4 / ADAPTER_FILE, "lora")
+    assert len(model.greedy(prompt_ids(tokenizer, prompts(1)[0]), 4, [-1], adapter="lora")) == 4

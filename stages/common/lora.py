@@ -37,6 +37,24 @@ def encode(tokenizer, pairs: Sequence[tuple[str, str]], max_len: int) -> list[Ex
     return out
 
 
+def encode_text(tokenizer, texts: Sequence[str], max_len: int) -> list[Example]:
+    """Plain-text replay windows: every token is scored (CE and KL), as in pre-training."""
+    out = []
+    for text in texts:
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+        out += [Example(ids[i : i + max_len], ids[i : i + max_len]) for i in range(0, len(ids) - 1, max_len)
+                if len(ids[i : i + max_len]) > 1]
+    return out
+
+
+def replay_sample(windows: Sequence[Example], n_task: int, fraction: float, seed: int) -> list[Example]:
+    """`fraction` of the final mix as replay windows (against drift of the general distribution)."""
+    if not 0 <= fraction < 1:
+        raise PipelineError(f"train.replay_mix={fraction} must be in [0, 1)")
+    n = min(len(windows), round(n_task * fraction / (1 - fraction)))
+    return random.Random(seed).sample(list(windows), n)
+
+
 def collate(examples: Sequence[Example], pad_id: int, device) -> dict[str, torch.Tensor]:
     """Right-padded batch with its attention mask; labels align with input_ids (`objective` shifts)."""
     width = max(len(e.input_ids) for e in examples)
@@ -85,20 +103,24 @@ def kl_to_base(logits: torch.Tensor, base_logits: torch.Tensor, mask: torch.Tens
     return (kl * mask).sum() / mask.sum().clamp(min=1)
 
 
-def objective(model, batch: dict[str, torch.Tensor], beta: float, with_kl: bool) -> dict[str, torch.Tensor]:
+def objective(model, batch: dict[str, torch.Tensor], beta: float, with_kl: bool,
+              peft_model=None) -> dict[str, torch.Tensor]:
     """CE on response tokens, KL to the base on the same positions, loss = CE + beta * KL.
 
-    The base forward runs only when beta > 0 or `with_kl` asks for the KL (validation): with
-    beta = 0 training is exactly plain LoRA.
+    `model` may be a DDP/FSDP wrapper (its forward syncs gradients); `peft_model` is the
+    unwrapped peft model whose adapter is disabled for the base forward. The base forward runs
+    only when beta > 0 or `with_kl` asks for the KL (validation): beta = 0 is exactly plain LoRA.
     """
+    peft_model = peft_model or model
     logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1]
     labels = batch["labels"][:, 1:]
     mask = (labels != IGNORE).float()
     ce = F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), labels.reshape(-1), ignore_index=IGNORE)
     out = {"ce": ce}
     if beta > 0 or with_kl:
-        with torch.no_grad(), model.disable_adapter():
-            base_logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1]
+        with torch.no_grad(), peft_model.disable_adapter():
+            base_logits = peft_model(input_ids=batch["input_ids"],
+                                     attention_mask=batch["attention_mask"]).logits[:, :-1]
         out["kl"] = kl_to_base(logits, base_logits, mask)
     out["loss"] = ce + beta * out["kl"] if beta > 0 else ce
     return out

@@ -9,7 +9,7 @@ Every result is saved canonically (sorted initializers) so that reruns are byte-
 from __future__ import annotations
 
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 from stages.common.errors import PipelineError
@@ -29,42 +29,65 @@ def lora_matmuls(model) -> list[str]:
     return sorted(n.name for n in model.graph.node if n.op_type == "MatMul" and any(map(is_lora_weight, n.input)))
 
 
-def calibration_reader(model, samples: Sequence[Sequence[int]]):
-    """GPTQ's calibration data: each sample as one prefill, with an empty KV cache."""
+def calibration_reader(model, samples: Sequence[Sequence[int]], head_size: int):
+    """GPTQ's calibration data: each sample as one prefill, with an empty KV cache (its head
+    size is symbolic in the graph, so it comes from genai_config.json)."""
     import numpy as np
     from onnxruntime.quantization import CalibrationDataReader
 
     past = {}
     for value in model.graph.input:
         if value.name.startswith("past_key_values"):
-            dims = value.type.tensor_type.shape.dim
-            past[value.name] = (int(dims[1].dim_value), int(dims[3].dim_value))
+            past[value.name] = (int(value.type.tensor_type.shape.dim[1].dim_value), head_size)
+
+    feeds = []
+    for ids in samples:
+        feed = {"input_ids": np.array([ids], dtype=np.int64), "attention_mask": np.ones((1, len(ids)), dtype=np.int64)}
+        feeds.append(feed | {name: np.zeros((1, heads, 0, head_dim), dtype=np.float32)
+                             for name, (heads, head_dim) in past.items()})
 
     class Reader(CalibrationDataReader):
-        def __init__(self) -> None:
-            self.items = iter(self._feeds())
+        """A list, not a generator: the quantizer deep-copies the reader before iterating."""
 
-        def _feeds(self) -> Iterator[dict]:
-            for ids in samples:
-                feed = {"input_ids": np.array([ids], dtype=np.int64),
-                        "attention_mask": np.ones((1, len(ids)), dtype=np.int64)}
-                for name, (heads, head_dim) in past.items():
-                    feed[name] = np.zeros((1, heads, 0, head_dim), dtype=np.float32)
-                yield feed
+        def __init__(self) -> None:
+            self.position = 0
 
         def get_next(self):
-            return next(self.items, None)
+            self.position += 1
+            return feeds[self.position - 1] if self.position <= len(feeds) else None
 
         def rewind(self) -> None:
-            self.items = iter(self._feeds())
+            self.position = 0
 
     return Reader()
 
 
+def untie_embedding(model) -> bool:
+    """The builder feeds a tied embedding as Gather(Transpose(lm_head weight)), which keeps the
+    FP32 table alive after lm_head is quantized. Give the Gather its own (transposed) table so it
+    can be block-quantized too. Returns whether the graph changed."""
+    from onnx import numpy_helper
+
+    inits = {t.name: t for t in model.graph.initializer}
+    producers = {o: n for n in model.graph.node for o in n.output}
+    for gather in model.graph.node:
+        source = producers.get(gather.input[0]) if gather.op_type == "Gather" else None
+        if source is None or source.op_type != "Transpose" or source.input[0] not in inits:
+            continue
+        table = numpy_helper.to_array(inits[source.input[0]]).T.copy()
+        name = f"{gather.name.strip('/').replace('/', '.')}.weight"
+        model.graph.initializer.append(numpy_helper.from_array(table, name))
+        gather.input[0] = name
+        if not any(source.output[0] in n.input for n in model.graph.node):
+            model.graph.node.remove(source)
+        return True
+    return False
+
+
 def quantize_weights(model, bits: int, algorithm: str, block_size: int, symmetric: bool, accuracy_level: int,
-                     calibration: Sequence[Sequence[int]] = (), embedding: bool = False):
+                     calibration=None, embedding: bool = False):
     """Weight-only blockwise quantization of every MatMul with constant weights (LoRA excluded),
-    and with `embedding` (rtn, hqq) of the token-embedding Gather too (GatherBlockQuantized).
+    and with `embedding` (rtn) of the token-embedding Gather too (GatherBlockQuantized).
 
     accuracy_level is then written on every MatMulNBits node: not every algorithm's config sets
     it, and without 4 (int8 activations) MatMulNBits on CPU is several times slower.
@@ -73,19 +96,20 @@ def quantize_weights(model, bits: int, algorithm: str, block_size: int, symmetri
     from onnxruntime.quantization import matmul_nbits_quantizer as mnq
 
     check_choice("algorithm", algorithm, INT4_ALGORITHMS)
+    if embedding:
+        untie_embedding(model)
     op_types = ("MatMul", "Gather") if embedding else ("MatMul",)
     if algorithm == "rtn":
         config = mnq.DefaultWeightOnlyQuantConfig(block_size=block_size, is_symmetric=symmetric, bits=bits,
                                                   accuracy_level=accuracy_level, op_types_to_quantize=op_types)
     elif algorithm == "hqq":
-        config = mnq.HQQWeightOnlyQuantConfig(block_size=block_size, bits=bits, op_types_to_quantize=op_types)
+        config = mnq.HQQWeightOnlyQuantConfig(block_size=block_size, bits=bits)  # MatMul only
     elif algorithm == "k_quant":
         config = mnq.KQuantWeightOnlyQuantConfig()
     else:
-        if not calibration:
+        if calibration is None:
             raise PipelineError("gptq needs calibration samples (quant_int4.gptq_calibration_samples > 0)")
-        config = mnq.GPTQWeightOnlyQuantConfig(calibration_data_reader=calibration_reader(model, calibration),
-                                               block_size=block_size)
+        config = mnq.GPTQWeightOnlyQuantConfig(calibration_data_reader=calibration, block_size=block_size)
     if bits != 4 and algorithm in ("k_quant", "gptq"):
         raise PipelineError(f"{algorithm} quantizes to 4 bits only")
     quantizer = mnq.MatMulNBitsQuantizer(model, bits=bits, block_size=block_size, is_symmetric=symmetric,

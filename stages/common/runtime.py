@@ -49,7 +49,10 @@ def progress(items: Iterable[T], desc: str, total: int | None = None) -> Iterato
     from tqdm.auto import tqdm
 
     disable = os.environ.get("PROGRESS", "1") == "0"
-    yield from tqdm(items, desc=desc, total=total, disable=disable, dynamic_ncols=True, leave=False)
+    # On a terminal a live bar; in logs (dvc repro, CI) a line every 30 s instead of a flood.
+    interval = 0.1 if sys.stderr.isatty() else 30
+    yield from tqdm(items, desc=desc, total=total, disable=disable, dynamic_ncols=True, leave=False,
+                    mininterval=interval)
 
 
 @contextmanager
