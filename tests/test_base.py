@@ -10,7 +10,7 @@ from stages.common import layout
 from stages.common.chat import prompt_ids, response_ids, stop_token_ids
 from stages.common.checkpoint import validate_checkpoint
 from stages.common.errors import PipelineError
-from stages.common.params import REPO_ROOT, write_params
+from stages.common.params import REPO_ROOT, compose, write_params
 from stages.common.tokenizer import train_bpe_tokenizer
 from tests.conftest import shrunk
 
@@ -82,12 +82,10 @@ def test_tiny_base_builds_loads_offline_and_generates(workspace):
     assert metrics["heldout_general_ppl"] < cfg.model.arch.vocab_size  # it learned something
 
     # A real profile pointed at that folder validates and fingerprints it, copying nothing.
-    real = shrunk(["model=phi4_mini", f"model.path={workspace / 'models/base'}"])
     import shutil
 
     shutil.copytree("models/base", "ckpt")
-    real.model.path = str(workspace / "ckpt")
-    base.run(real)
+    base.run(compose(["model=phi4_mini", f"model.path={workspace / 'ckpt'}"]))
     info = json.loads((layout.BASE_DIR / "base.json").read_text())
     assert "model.safetensors" in info["fingerprint"] and sorted(p.name for p in layout.BASE_DIR.iterdir()) == [
         "base.json"]

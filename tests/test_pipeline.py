@@ -61,13 +61,23 @@ def test_repro_after_repro_does_nothing(repo):
     assert "Running stage" not in out
 
 
-def test_kl_beta_invalidates_train_and_after_only(repo):
-    assert stale(repo, "train.kl_beta=0.2") == STAGES_AFTER_TRAIN
+def ran(repo: Path) -> set[str]:
+    """The stages `dvc repro` actually ran (not those it found unchanged)."""
+    out = sh(repo, "dvc", "repro")
+    return {line.split("'")[1] for line in out.splitlines() if line.startswith("Running stage")}
 
 
-def test_int4_param_invalidates_int4_and_after_only(repo):
-    assert stale(repo, "quant_int4.block_size=16") == {"quant_int4", "evaluate@onnx_int4", "gates"}
+def test_each_param_reruns_its_stage_and_what_follows(repo):
+    """`dvc status` marks only the stage whose param changed (nothing before it); `dvc repro`
+    then runs it and what depends on its outputs. Overrides accumulate, one change at a time."""
+    overrides = ["quant_int4.block_size=16"]
+    assert stale(repo, *overrides) == {"quant_int4"}
+    assert ran(repo) == {"quant_int4", "evaluate@onnx_int4", "gates"}
 
+    overrides.append("train.kl_beta=0.2")
+    assert stale(repo, *overrides) == {"train"}
+    assert ran(repo) == STAGES_AFTER_TRAIN
 
-def test_dedup_param_invalidates_dedup_and_after(repo):
-    assert stale(repo, "dedup.threshold=0.6") == {"dedup", *STAGES_AFTER_TRAIN}
+    overrides.append("dedup.threshold=0.3")  # low enough to remove more records: new output
+    assert stale(repo, *overrides) == {"dedup"}
+    assert ran(repo) == {"dedup", *STAGES_AFTER_TRAIN}
