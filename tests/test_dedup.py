@@ -106,3 +106,26 @@ def test_params_out_of_range(workspace, override, message):
     with pytest.raises(PipelineError) as err:
         run_dedup([override])
     assert message in str(err.value)
+
+
+def test_users_own_jsonl_files_are_cleaned_against_their_eval_sets(tmp_path, monkeypatch):
+    """data=jsonl: the user's train/eval files, same contracts, decontaminated against each set."""
+    monkeypatch.chdir(tmp_path)
+    leak = "Summarize the quarterly revenue report for the north east region and list three risks"
+    train = [{"id": f"t{i}", "prompt": f"Question {i} about invoices number {i * 37}", "response": f"answer {i}"}
+             for i in range(30)]
+    train += [{"id": "copy", "prompt": leak, "response": "ok"}, {"id": "dup", "prompt": train[0]["prompt"].upper(),
+                                                                  "response": train[0]["response"]}]
+    files = {"raw/train.jsonl": train, "raw/general.jsonl": [{"id": "g", "prompt": "p", "response": "r"}],
+             "eval/val.jsonl": [{"id": "v", "prompt": "a validation question here", "answer": "x"}],
+             "eval/test.jsonl": [{"id": "q", "prompt": leak, "answer": "y"}],
+             "eval/general_test.jsonl": [{"id": "gt", "prompt": "general question", "answer": "z"}],
+             "eval/general_text.jsonl": [{"id": "gx", "text": "some held out general text for perplexity"}]}
+    for name, rows in files.items():
+        path = tmp_path / "mine" / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    metrics = run_dedup(["data=jsonl", "data.raw_dir=mine/raw", "data.eval_dir=mine/eval"])
+    assert metrics["records_in"] == 32 and metrics["records_out"] == 30
+    assert metrics["leaks_per_eval_set"]["domain_test"] == 1 and metrics["removed"]["exact_duplicate"] == 1
+    assert "ground_truth" not in metrics
