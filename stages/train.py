@@ -112,13 +112,15 @@ def run(cfg: DictConfig) -> None:
     live = Live(str(layout.TRAIN_LIVE_DIR), save_dvc_exp=False, dvcyaml=None, report=None)
     best = {"loss": float("inf"), "step": 0}
     best_state: dict[str, torch.Tensor] = {}
-    stale, step = 0, 0
+    stale, step, tokens = 0, 0, 0
     stream = batches(train_set, t.batch_size, cfg.seed)
+    loop_start = time.perf_counter()
     model.train()
     for step in progress(range(1, t.max_steps + 1), desc="LoRA", total=t.max_steps):
         for _ in range(t.grad_accum):
             with accelerator.accumulate(model):
                 batch = collate(next(stream), pad_id, accelerator.device)
+                tokens += int(batch["attention_mask"].sum())
                 out = objective(model, batch, t.kl_beta, with_kl=False, peft_model=peft_model)
                 accelerator.backward(out["loss"])
                 if accelerator.sync_gradients:
@@ -143,6 +145,7 @@ def run(cfg: DictConfig) -> None:
             log.info("early stop at step %d: no improvement for %d validations", step, stale)
             break
     live.end()
+    tokens_per_s = tokens / (time.perf_counter() - loop_start)  # validation time included
     peft_model.load_state_dict(best_state, strict=False)
     seconds = time.perf_counter() - start
 
@@ -156,6 +159,7 @@ def run(cfg: DictConfig) -> None:
                "train_loss": round(out["loss"].item(), 5), "train_ce": round(out["ce"].item(), 5),
                "val_loss": round(best["loss"], 5), "val_ce": round(best["ce"], 5), "val_kl": round(best["kl"], 6),
                "examples": len(train_set), "trainable_parameters": sum(p.numel() for p in trainable),
+               "tokens_per_s": round(tokens_per_s * accelerator.num_processes, 1),
                "seconds": round(seconds, 1)}
     if "kl" in out:
         metrics["train_kl"] = round(out["kl"].item(), 6)

@@ -5,6 +5,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -81,3 +82,24 @@ def test_each_param_reruns_its_stage_and_what_follows(repo):
     overrides.append("dedup.threshold=0.3")  # low enough to remove more records: new output
     assert stale(repo, *overrides) == {"dedup"}
     assert ran(repo) == {"dedup", *STAGES_AFTER_TRAIN}
+
+
+def test_a_queued_experiment_runs_and_shows_its_metrics(repo):
+    """`dvc exp run --queue` recomposes params.yaml from conf/ (Hydra), so the shrunk settings go
+    in as -S overrides along with the swept one; the queue runs it in a temporary copy."""
+    shrunk_flags = [flag for o in SHRUNK_OVERRIDES for flag in ("-S", o)]
+    sh(repo, "dvc", "exp", "run", "--queue", *shrunk_flags, "-S", "train.lora.r=4", "-S", "train.kl_beta=0.3")
+    sh(repo, "dvc", "queue", "start", "--jobs", "1")
+    deadline = time.monotonic() + 600
+    while "Queued" in (status := sh(repo, "dvc", "queue", "status")) or "Running" in status:
+        assert time.monotonic() < deadline, status
+        time.sleep(3)
+    sh(repo, "dvc", "queue", "stop")
+    assert "Success" in status, status
+    experiments = [rev for commit in json.loads(sh(repo, "dvc", "exp", "show", "--json"))
+                   for group in commit.get("experiments") or [] for rev in group["revs"]]
+    data = experiments[0]["data"]
+    assert data["params"]["params.yaml"]["data"]["train"]["lora"]["r"] == 4
+    assert data["params"]["params.yaml"]["data"]["train"]["kl_beta"] == 0.3
+    for metric_file in ("metrics/train.json", "metrics/eval/onnx_int4.json", "metrics/gates.json"):
+        assert data["metrics"][metric_file]["data"], metric_file
