@@ -41,19 +41,21 @@ class Rung:
     def __init__(self, name: str, cfg: DictConfig):
         self.name = name
         if name in ONNX_RUNGS:
+            self.folder = ONNX_RUNGS[name]
+        else:
+            self.folder = Path(cfg.model.path) if name == "torch_base" else layout.MERGED_DIR
+        if not self.folder.exists():
+            raise PipelineError(f"rung {name}: {self.folder} not found; run the stage that builds it first")
+        if name in ONNX_RUNGS:
             from stages.common.genai import GenaiModel
 
-            self.folder = ONNX_RUNGS[name]
             self.onnx = GenaiModel(self.folder)
             self.logits: Callable = self.onnx.logits
             self.greedy: Callable = self.onnx.greedy
         else:
-            self.folder = Path(cfg.model.path) if name == "torch_base" else layout.MERGED_DIR
             self.torch = load_causal_lm(self.folder, cfg.model.dtype, cfg.model.device)
             self.logits = lambda ids: torch_logits(self.torch, ids)
             self.greedy = lambda ids, n, stop: torch_greedy(self.torch, ids, n, stop)
-        if not self.folder.exists():
-            raise PipelineError(f"rung {name}: {self.folder} not found; run the stage that builds it first")
 
     def size_mb(self) -> float:
         return round(sum(p.stat().st_size for p in self.folder.rglob("*") if p.is_file()) / 1e6, 3)

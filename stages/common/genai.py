@@ -7,8 +7,6 @@ from pathlib import Path
 
 import numpy as np
 
-from stages.common.onnx_models import ADAPTER_FILE
-
 
 class GenaiModel:
     """One loaded rung folder; `adapter` names an .onnx_adapter file to activate (hot swap)."""
@@ -19,12 +17,14 @@ class GenaiModel:
         self.og = og
         self.folder = Path(folder)
         self.model = og.Model(str(folder))
-        self.adapters = og.Adapters(self.model) if adapter_files or (self.folder / ADAPTER_FILE).exists() else None
+        self.adapters = None  # created on the first load_adapter
         self.adapter_names: list[str] = []
         for path in adapter_files:
             self.load_adapter(Path(path), Path(path).stem)
 
     def load_adapter(self, path: Path, name: str) -> None:
+        if self.adapters is None:
+            self.adapters = self.og.Adapters(self.model)
         self.adapters.load(str(path), name)
         self.adapter_names.append(name)
 
