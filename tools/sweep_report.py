@@ -97,7 +97,8 @@ def main() -> None:
     parser.add_argument("--plot", type=Path, default=Path("reports/sweep.png"))
     parser.add_argument("--md", type=Path, default=Path("reports/sweep.md"))
     args = parser.parse_args()
-    shown = json.loads(subprocess.run(["dvc", "exp", "show", "--json"], capture_output=True, text=True,
+    # --all-commits: experiments stay visible after a later commit moves HEAD off their baseline.
+    shown = json.loads(subprocess.run(["dvc", "exp", "show", "--all-commits", "--json"], capture_output=True, text=True,
                                       check=True).stdout)
     rows = points(shown)
     if not rows:
