@@ -16,6 +16,7 @@ from collections.abc import Callable
 
 from stages.common import layout
 from stages.common.checkpoint import load_causal_lm, load_tokenizer
+from stages.common.genai import GenaiModel
 from stages.common.onnx_models import ADAPTER_FILE
 from stages.common.records import read_jsonl
 
@@ -35,20 +36,12 @@ def decode_rate(generate: Callable[[int], None], new_tokens: int, repeats: int) 
 
 
 def genai_generate(folder, prompt: list[int], adapter: bool = False) -> Callable[[int], None]:
-    import onnxruntime_genai as og
-
-    model = og.Model(str(folder))
-    adapters = None
+    model = GenaiModel(folder)
     if adapter:
-        adapters = og.Adapters(model)
-        adapters.load(str(folder / ADAPTER_FILE), "lora")
+        model.load_adapter(folder / ADAPTER_FILE, "lora")
 
     def generate(n: int) -> None:
-        params = og.GeneratorParams(model)
-        params.set_search_options(max_length=len(prompt) + n, min_length=len(prompt) + n, do_sample=False)
-        generator = og.Generator(model, params)
-        if adapters is not None:
-            generator.set_active_adapter(adapters, "lora")
+        generator = model.generator("lora" if adapter else None, len(prompt) + n, min_length=len(prompt) + n)
         generator.append_tokens(prompt)
         for _ in range(n):
             generator.generate_next_token()

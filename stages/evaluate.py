@@ -63,11 +63,8 @@ class Rung:
     def timed_decode(self, prompt: Sequence[int], new_tokens: int) -> tuple[float, list[float]]:
         """Seconds for the prefill, and for each of `new_tokens` greedy decode steps (no early stop)."""
         if hasattr(self, "onnx"):
-            og = self.onnx.og
-            params = og.GeneratorParams(self.onnx.model)
             total = len(prompt) + new_tokens
-            params.set_search_options(max_length=total, min_length=total, do_sample=False)
-            generator = og.Generator(self.onnx.model, params)
+            generator = self.onnx.generator(None, total, min_length=total)
             start = time.perf_counter()
             generator.append_tokens(list(prompt))
             prefill = time.perf_counter() - start

@@ -28,9 +28,10 @@ class GenaiModel:
         self.adapters.load(str(path), name)
         self.adapter_names.append(name)
 
-    def _generator(self, adapter: str | None, max_length: int):
+    def generator(self, adapter: str | None, max_length: int, min_length: int = 0):
+        """A greedy generator; min_length = max_length forces a fixed length (speed runs)."""
         params = self.og.GeneratorParams(self.model)
-        params.set_search_options(max_length=max_length, do_sample=False)
+        params.set_search_options(max_length=max_length, min_length=min_length, do_sample=False)
         generator = self.og.Generator(self.model, params)
         if adapter is not None:
             generator.set_active_adapter(self.adapters, adapter)
@@ -39,7 +40,7 @@ class GenaiModel:
     def logits(self, ids: Sequence[int], adapter: str | None = None, chunk: int = 256) -> np.ndarray:
         """Logits (len(ids), vocab) for every position: append_tokens then get_output("logits")
         (get_logits() would give only the last), in chunks so long texts fit."""
-        generator = self._generator(adapter, max_length=len(ids) + 1)
+        generator = self.generator(adapter, max_length=len(ids) + 1)
         parts = []
         for start in range(0, len(ids), chunk):
             generator.append_tokens(list(ids[start : start + chunk]))
@@ -49,7 +50,7 @@ class GenaiModel:
     def greedy(self, prompt: Sequence[int], max_new_tokens: int, stop_ids: Sequence[int],
                adapter: str | None = None) -> list[int]:
         """Greedy continuation, stopping at a stop token (not returned), as torch_greedy does."""
-        generator = self._generator(adapter, max_length=len(prompt) + max_new_tokens)
+        generator = self.generator(adapter, max_length=len(prompt) + max_new_tokens)
         generator.append_tokens(list(prompt))
         out: list[int] = []
         while not generator.is_done() and len(out) < max_new_tokens:
