@@ -15,7 +15,7 @@ R ?= 4,8
 BETA ?= 0,0.2
 JOBS ?= 1
 
-.PHONY: help setup params repro test test-fast lint bench review sweep sweep-report clean
+.PHONY: help setup setup-gpu params repro test test-fast lint bench review sweep sweep-report clean
 
 help: ## this list
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  make %-12s %s\n", $$1, $$2}'
@@ -29,6 +29,10 @@ $(STAMP): requirements.lock
 	touch $@
 
 setup: $(STAMP) ## create .venv and install the pinned dependencies (idempotent)
+
+setup-gpu: $(STAMP) ## on a CUDA machine: onnxruntime(-genai) CUDA builds and bitsandbytes instead of CPU ones
+	$(BIN)/python -m pip uninstall -q -y onnxruntime onnxruntime-genai
+	$(BIN)/python -m pip install -q -r requirements-gpu.txt
 
 params: $(STAMP) ## compose conf/ into params.yaml (OVERRIDES="model=phi4_mini model.path=...")
 	$(BIN)/python -m stages.common.params $(OVERRIDES)

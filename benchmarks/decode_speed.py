@@ -18,6 +18,7 @@ from stages.common import layout
 from stages.common.checkpoint import load_causal_lm, load_tokenizer
 from stages.common.genai import GenaiModel
 from stages.common.onnx_models import ADAPTER_FILE
+from stages.common.params import load_params
 from stages.common.records import read_jsonl
 
 
@@ -49,15 +50,17 @@ def genai_generate(folder, prompt: list[int], adapter: bool = False) -> Callable
     return generate
 
 
-def transformers_generate(prompt: list[int]) -> Callable[[int], None]:
+def transformers_generate(prompt: list[int], dtype: str, device: str) -> Callable[[int], None]:
     import torch
 
-    model = load_causal_lm(layout.MERGED_DIR)
-    ids = torch.tensor([prompt])
+    model = load_causal_lm(layout.MERGED_DIR, dtype, device)
+    ids = torch.tensor([prompt], device=model.device)
 
     def generate(n: int) -> None:
         with torch.no_grad():
             model.generate(ids, max_new_tokens=n, min_new_tokens=n, do_sample=False, pad_token_id=0)
+        if model.device.type == "cuda":
+            torch.cuda.synchronize()
 
     return generate
 
@@ -69,11 +72,12 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
 
+    model = load_params([]).model  # the profile in params.yaml: dtype and device of the transformers run
     tokenizer = load_tokenizer(layout.MERGED_DIR)
     text = " ".join(r["text"] for r in read_jsonl("data/eval/general_heldout.jsonl", "text")[:20])
     prompt = tokenizer(text, add_special_tokens=False)["input_ids"][: args.prompt_tokens]
     runners = {
-        "transformers generate (merged, fp32)": transformers_generate(prompt),
+        "transformers generate (merged)": transformers_generate(prompt, model.dtype, model.device),
         "onnx fp32": genai_generate(layout.ONNX_FP32, prompt),
         "onnx int8": genai_generate(layout.ONNX_INT8, prompt),
         "onnx int4": genai_generate(layout.ONNX_INT4, prompt),
@@ -81,7 +85,7 @@ def main() -> None:
     }
     print(f"decode, greedy, prompt {len(prompt)} tokens, {args.new_tokens} new tokens, median of {args.repeats}")
     rates = {name: decode_rate(fn, args.new_tokens, args.repeats) for name, fn in runners.items()}
-    hf, fp32 = rates["transformers generate (merged, fp32)"], rates["onnx fp32"]
+    hf, fp32 = rates["transformers generate (merged)"], rates["onnx fp32"]
     print(f"{'rung':<40}{'tok/s':>10}{'x transformers':>16}{'x onnx fp32':>13}")
     for name, rate in rates.items():
         print(f"{name:<40}{rate:>10,.0f}{rate / hf:>16.2f}{rate / fp32:>13.2f}")

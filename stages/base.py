@@ -57,7 +57,7 @@ def build_tiny_base(cfg: DictConfig, out_dir: Path) -> dict:
     import torch
     from transformers import GenerationConfig, Phi3Config, Phi3ForCausalLM, get_cosine_schedule_with_warmup
 
-    from stages.common.chat import END_OF_TURN
+    from stages.common.chat import end_of_turn
     from stages.common.tokenizer import train_bpe_tokenizer
 
     seed_everything(cfg.seed)
@@ -68,8 +68,9 @@ def build_tiny_base(cfg: DictConfig, out_dir: Path) -> dict:
 
     tokenizer = train_bpe_tokenizer(corpus + [f"{p} {a}" for p, a in task], cfg.model.arch.vocab_size,
                                     cfg.base.tokenizer.min_frequency)
-    end_id = tokenizer.convert_tokens_to_ids(END_OF_TURN)
-    chats = [prompt_text(tokenizer, p) + a + END_OF_TURN for p, a in task]
+    end = end_of_turn(tokenizer)
+    end_id = tokenizer.convert_tokens_to_ids(end)
+    chats = [prompt_text(tokenizer, p) + a + end for p, a in task]
 
     # One token stream: every document and (general_task_epochs times) every task turn, shuffled,
     # each followed by end-of-text, cut into seq_len blocks.

@@ -49,7 +49,7 @@ class Rung:
         if name in ONNX_RUNGS:
             from stages.common.genai import GenaiModel
 
-            self.onnx = GenaiModel(self.folder)
+            self.onnx = GenaiModel(self.folder, provider=cfg.evaluate.provider)
             self.logits: Callable = self.onnx.logits
             self.greedy: Callable = self.onnx.greedy
         else:
@@ -76,15 +76,19 @@ class Rung:
             return prefill, steps
         import torch
 
+        device = self.torch.device
+        sync = torch.cuda.synchronize if device.type == "cuda" else lambda: None  # CUDA runs ahead of the clock
         with torch.no_grad():
             start = time.perf_counter()
-            out = self.torch(input_ids=torch.tensor([list(prompt)]), use_cache=True)
+            out = self.torch(input_ids=torch.tensor([list(prompt)], device=device), use_cache=True)
+            sync()
             prefill = time.perf_counter() - start
             past, token, steps = out.past_key_values, out.logits[:, -1:].argmax(-1), []
             for _ in range(new_tokens):
                 start = time.perf_counter()
                 out = self.torch(input_ids=token, past_key_values=past, use_cache=True)
                 past, token = out.past_key_values, out.logits[:, -1:].argmax(-1)
+                sync()
                 steps.append(time.perf_counter() - start)
         return prefill, steps
 

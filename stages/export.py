@@ -1,5 +1,6 @@
-"""export: the merged model as FP32 ONNX for onnxruntime-genai, and the base with LoRA inputs
-plus an .onnx_adapter file, so an adapter can be hot-swapped at run time.
+"""export: the merged model as float ONNX for onnxruntime-genai (the "onnx_fp32" rung: FP32 for
+CPU, FP16 for CUDA as Microsoft's CUDA builds, set by model.onnx_precision), and the base with
+LoRA inputs plus an .onnx_adapter file, so an adapter can be hot-swapped at run time.
 
 Adapter route (chosen over Olive's ExtractAdapters, which does not drive this builder version):
 the builder's `adapter_path` bakes the LoRA branches into the graph as initializers; we turn
@@ -20,6 +21,7 @@ from stages.common.atomic import atomic_path, write_json
 from stages.common.onnx_models import (
     ADAPTER_FILE,
     check_builder_input,
+    check_export_target,
     folder_megabytes,
     load,
     lora_as_inputs,
@@ -33,9 +35,9 @@ from stages.common.runtime import get_logger, stage_main
 log = get_logger(__name__)
 
 
-def export_base_with_adapter(base_dir: Path, adapter_dir: Path, provider: str, out: Path) -> int:
+def export_base_with_adapter(base_dir: Path, adapter_dir: Path, provider: str, precision: str, out: Path) -> int:
     """The base graph with LoRA weights as inputs, and the trained adapter beside it."""
-    run_builder(base_dir, out, "fp32", provider, {"adapter_path": adapter_dir})
+    run_builder(base_dir, out, precision, provider, {"adapter_path": adapter_dir})
     model = load(out)
     write_adapter_file(lora_weights(model), out / ADAPTER_FILE)
     names = lora_as_inputs(model)
@@ -44,21 +46,22 @@ def export_base_with_adapter(base_dir: Path, adapter_dir: Path, provider: str, o
 
 
 def run(cfg: DictConfig) -> None:
-    provider = cfg.model.execution_provider
+    provider, precision = cfg.model.execution_provider, cfg.model.onnx_precision
     base_dir = Path(cfg.model.path)
-    check_builder_input(layout.MERGED_DIR)  # before anything is written
+    check_export_target(provider, precision)  # before anything is written
+    check_builder_input(layout.MERGED_DIR)
     check_builder_input(base_dir)
 
     with atomic_path(layout.ONNX_FP32) as tmp:
-        run_builder(layout.MERGED_DIR, tmp, "fp32", provider)
+        run_builder(layout.MERGED_DIR, tmp, precision, provider)
     with atomic_path(layout.ONNX_ADAPTER_FP32) as tmp:
-        lora_tensors = export_base_with_adapter(base_dir, layout.ADAPTER_DIR, provider, tmp)
+        lora_tensors = export_base_with_adapter(base_dir, layout.ADAPTER_DIR, provider, precision, tmp)
     metrics = {"fp32_mb": folder_megabytes(layout.ONNX_FP32, weights_only=True),
                "adapter_fp32_mb": folder_megabytes(layout.ONNX_ADAPTER_FP32, weights_only=True),
                "adapter_file_mb": round((layout.ONNX_ADAPTER_FP32 / ADAPTER_FILE).stat().st_size / 1e6, 3),
                "lora_tensors": lora_tensors}
     write_json(layout.EXPORT_METRICS, metrics)
-    log.info("export (%s): %s", provider, metrics)
+    log.info("export (%s, %s): %s", provider, precision, metrics)
 
 
 main = stage_main(run)

@@ -33,6 +33,7 @@ from stages.common.lora import (
     mix_general,
     objective,
     replay_sample,
+    save_adapter,
     validate,
 )
 from stages.common.records import read_jsonl
@@ -151,7 +152,7 @@ def run(cfg: DictConfig) -> None:
 
     # Outputs: the adapter (peft format) and the merged checkpoint, each written whole.
     with atomic_path(layout.LORA_DIR) as tmp:
-        peft_model.save_pretrained(tmp / "adapter", safe_serialization=True)
+        save_adapter(peft_model, tmp / "adapter")
         merged = merge_into_base(cfg, tmp / "adapter")
         merged.save_pretrained(tmp / "merged", safe_serialization=True)
         tokenizer.save_pretrained(tmp / "merged")

@@ -115,6 +115,15 @@ def test_reruns_are_byte_identical(ladder_workspace):
     assert {f: digest(f) for f in before} == before
 
 
+def test_graphs_carry_the_builder_stamp_not_our_commit(ladder_workspace):
+    """The builder stamps `git rev-parse HEAD` of the folder around its site-packages: with .venv
+    inside this repo, our commit, so each commit would change every graph's bytes."""
+    import onnxruntime_genai as og
+
+    for folder in (layout.ONNX_FP32, layout.ONNX_ADAPTER_FP32, layout.ONNX_INT8):
+        assert load(folder).producer_version == f"{og.__version__}+{og.__commit__[:7]}"
+
+
 def test_dynamic_int8_is_selectable_and_byte_stable(ladder_workspace):
     cfg = shrunk(["quant_int8.method=dynamic"])
     quant_int8.run(cfg)

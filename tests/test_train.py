@@ -44,6 +44,21 @@ def test_same_seed_same_adapter_bytes(trained_workspace):
     assert (layout.TRAIN_LIVE_DIR / "plots" / "metrics" / "val" / "kl.tsv").is_file()
 
 
+def test_adapter_config_is_canonical(tmp_path):
+    """peft holds target_modules as a set: its order follows the process's hash seed."""
+    from stages.common.lora import save_adapter
+
+    class FakePeft:
+        def save_pretrained(self, out, safe_serialization):
+            out.mkdir()
+            (out / "adapter_config.json").write_text(json.dumps({"r": 8, "target_modules": ["o_proj", "down_proj"]}))
+
+    save_adapter(FakePeft(), tmp_path / "adapter")
+    text = (tmp_path / "adapter" / "adapter_config.json").read_text()
+    assert json.loads(text)["target_modules"] == ["down_proj", "o_proj"]
+    assert text == json.dumps(json.loads(text), indent=2, sort_keys=True, ensure_ascii=False) + "\n"
+
+
 def test_early_stopping_keeps_the_best_adapter(trained_workspace):
     train.run(shrunk(["train.max_steps=60", "train.eval_every=2", "train.patience=1", "train.lr=0.5"]))
     metrics = json.loads(layout.TRAIN_METRICS.read_text())

@@ -9,14 +9,22 @@ import numpy as np
 
 
 class GenaiModel:
-    """One loaded rung folder; `adapter` names an .onnx_adapter file to activate (hot swap)."""
+    """One loaded rung folder; `adapter` names an .onnx_adapter file to activate (hot swap).
 
-    def __init__(self, folder: Path, adapter_files: Sequence[Path] = ()):
+    `provider` runs it on another execution provider than the one it was exported for (e.g. a
+    CUDA build on "cpu"); None keeps genai_config.json's."""
+
+    def __init__(self, folder: Path, adapter_files: Sequence[Path] = (), provider: str | None = None):
         import onnxruntime_genai as og
 
         self.og = og
         self.folder = Path(folder)
-        self.model = og.Model(str(folder))
+        config = og.Config(str(folder))
+        if provider is not None:
+            config.clear_providers()
+            if provider != "cpu":  # the CPU provider is always there; it is not appended
+                config.append_provider(provider)
+        self.model = og.Model(config)
         self.adapters = None  # created on the first load_adapter
         self.adapter_names: list[str] = []
         for path in adapter_files:

@@ -6,15 +6,20 @@ one copy of the weights in memory, whatever the model's size.
 
 from __future__ import annotations
 
+import json
 import random
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
+from stages.common.atomic import write_json
 from stages.common.chat import prompt_ids, response_ids
 from stages.common.errors import PipelineError
+
+SET_VALUED_CONFIG_KEYS = ("target_modules", "exclude_modules", "modules_to_save", "layers_to_transform")
 
 IGNORE = -100
 
@@ -85,6 +90,19 @@ def mix_general(domain: Sequence[tuple[str, str]], general: Sequence[tuple[str, 
         raise PipelineError(f"train.general_mix={fraction} must be in [0, 1)")
     n_general = min(len(general), round(len(domain) * fraction / (1 - fraction)))
     return list(domain) + random.Random(seed).sample(list(general), n_general)
+
+
+def save_adapter(peft_model, out: Path) -> None:
+    """save_pretrained, then adapter_config.json with sorted lists and keys: peft keeps
+    target_modules as a set, whose order changes with each process's hash seed, and the same
+    adapter must give the same bytes (else DVC re-runs everything after train)."""
+    peft_model.save_pretrained(out, safe_serialization=True)
+    path = out / "adapter_config.json"
+    config = json.loads(path.read_text())
+    for key, value in config.items():
+        if key in SET_VALUED_CONFIG_KEYS and isinstance(value, list):
+            config[key] = sorted(value)
+    write_json(path, config)
 
 
 def check_targets(model, targets: Sequence[str]) -> None:

@@ -25,6 +25,18 @@ DATA_FILE = "model.onnx.data"
 ADAPTER_FILE = "lora.onnx_adapter"
 LORA_RANK_DIM = "lora_rank"
 BUILDER_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
+# (execution provider, float precision) pairs the builder makes a working graph for. CPU runs
+# GroupQueryAttention in fp32 only; on CUDA, fp32 gets a packed Attention op that the builder
+# (0.18) wires without KV-cache outputs, an invalid graph. Microsoft's CUDA builds are fp16.
+EXPORT_TARGETS = {"cpu": ("fp32",), "cuda": ("fp16", "bf16")}
+
+
+def check_export_target(provider: str, precision: str) -> None:
+    if provider not in EXPORT_TARGETS:
+        raise PipelineError(f"model.execution_provider={provider!r}: expected one of {', '.join(EXPORT_TARGETS)}")
+    if precision not in EXPORT_TARGETS[provider]:
+        raise PipelineError(f"model.onnx_precision={precision!r} on {provider}: expected "
+                            f"{' or '.join(EXPORT_TARGETS[provider])} (see EXPORT_TARGETS for why)")
 
 
 def check_builder_input(path: Path) -> None:
@@ -49,7 +61,9 @@ def run_builder(input_dir: Path, output_dir: Path, precision: str, provider: str
                "-p", precision, "-e", provider, "-c", cache]
         if options:
             cmd += ["--extra_options", *options]
-        env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+        # GIT_DIR: the builder stamps producer_version with `git rev-parse HEAD` run from its site-packages;
+        # with .venv inside this repo that is *our* commit, and every commit would change the graph's bytes.
+        env = {**os.environ, "HF_HUB_OFFLINE": "1", "GIT_DIR": os.devnull}
         done = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if done.returncode != 0 or not (output_dir / MODEL_FILE).is_file():
         tail = "\n".join((done.stdout + done.stderr).strip().splitlines()[-15:])
@@ -104,7 +118,6 @@ def lora_weights(model) -> dict[str, np.ndarray]:
 def lora_as_inputs(model) -> list[str]:
     """Make every LoRA weight a graph input with a dynamic rank dimension, keeping a zero
     initializer of the same name as its default: with no adapter active the model is the base."""
-    import onnx
     from onnx import helper, numpy_helper
 
     names = []
@@ -114,7 +127,7 @@ def lora_as_inputs(model) -> list[str]:
         array = numpy_helper.to_array(init)
         rank_axis = 1 if ".lora_A." in init.name else 0
         shape = [LORA_RANK_DIM if axis == rank_axis else d for axis, d in enumerate(array.shape)]
-        model.graph.input.append(helper.make_tensor_value_info(init.name, onnx.TensorProto.FLOAT, shape))
+        model.graph.input.append(helper.make_tensor_value_info(init.name, init.data_type, shape))
         init.CopyFrom(numpy_helper.from_array(np.zeros_like(array), init.name))
         names.append(init.name)
     if not names:
@@ -139,9 +152,10 @@ def read_adapter_file(path: Path) -> dict[str, np.ndarray]:
     return {k: v.numpy() for k, v in ort.AdapterFormat.read_adapter(str(path)).get_parameters().items()}
 
 
-def adapter_weights_from_peft(base_dir: Path, adapter_dir: Path, provider: str) -> dict[str, np.ndarray]:
+def adapter_weights_from_peft(base_dir: Path, adapter_dir: Path, provider: str,
+                              precision: str = "fp32") -> dict[str, np.ndarray]:
     """The ONNX tensors of a peft adapter, named as in the base+adapter graph: built by the
     builder itself (not a hand-written copy of its q/k/v split and scaling), then read back."""
     with tempfile.TemporaryDirectory(prefix="adapter-build-") as tmp:
-        run_builder(base_dir, Path(tmp), "fp32", provider, {"adapter_path": adapter_dir})
+        run_builder(base_dir, Path(tmp), precision, provider, {"adapter_path": adapter_dir})
         return lora_weights(load(Path(tmp)))

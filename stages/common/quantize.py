@@ -33,18 +33,21 @@ def calibration_reader(model, samples: Sequence[Sequence[int]], head_size: int):
     """GPTQ's calibration data: each sample as one prefill, with an empty KV cache (its head
     size is symbolic in the graph, so it comes from genai_config.json)."""
     import numpy as np
+    from onnx import helper
     from onnxruntime.quantization import CalibrationDataReader
 
     past = {}
     for value in model.graph.input:
         if value.name.startswith("past_key_values"):
-            past[value.name] = (int(value.type.tensor_type.shape.dim[1].dim_value), head_size)
+            tensor = value.type.tensor_type
+            past[value.name] = (int(tensor.shape.dim[1].dim_value), head_size,
+                                helper.tensor_dtype_to_np_dtype(tensor.elem_type))
 
     feeds = []
     for ids in samples:
         feed = {"input_ids": np.array([ids], dtype=np.int64), "attention_mask": np.ones((1, len(ids)), dtype=np.int64)}
-        feeds.append(feed | {name: np.zeros((1, heads, 0, head_dim), dtype=np.float32)
-                             for name, (heads, head_dim) in past.items()})
+        feeds.append(feed | {name: np.zeros((1, heads, 0, head_dim), dtype=dtype)
+                             for name, (heads, head_dim, dtype) in past.items()})
 
     class Reader(CalibrationDataReader):
         """A list, not a generator: the quantizer deep-copies the reader before iterating."""
