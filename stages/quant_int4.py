@@ -1,8 +1,9 @@
 """quant_int4: weight-only blockwise INT4 (MatMulNBits) of the FP32 rung and of the base with
 LoRA inputs, with onnxruntime's MatMulNBitsQuantizer.
 
-One route for both graphs and every algorithm: rtn (default; also quantizes the embedding),
-k_quant, hqq, gptq (calibrated on a sample of the clean training set; the base-with-adapter graph
+One route for both graphs and every algorithm: rtn (default; also quantizes the embedding: a
+tied one, as Phi-4-mini's, reads the INT4 lm_head bytes through GatherBlockQuantized), k_quant,
+hqq, gptq (calibrated on a sample of the clean training set; the base-with-adapter graph
 then takes rtn, see below). Block size, symmetry and accuracy level come from params and are
 written on every MatMulNBits node; the LoRA MatMuls stay in float, so the INT4 base still takes
 any adapter file.

@@ -14,11 +14,14 @@ from stages.common.lm import torch_greedy, torch_logits
 from stages.common.onnx_models import (
     ADAPTER_FILE,
     adapter_weights_from_peft,
+    copy_support_files,
+    folder_megabytes,
     load,
     read_adapter_file,
+    save_canonical,
     write_adapter_file,
 )
-from stages.common.quantize import matmul_nbits_attributes
+from stages.common.quantize import matmul_nbits_attributes, quantize_weights, untie_embedding
 from stages.common.records import read_jsonl
 from tests.conftest import shrunk
 
@@ -104,6 +107,27 @@ def test_int4_graph_carries_the_params(ladder_workspace):
         assert attrs and all(a["bits"] == 4 and a["block_size"] == 16 and a["accuracy_level"] == 4 for a in attrs)
         zero_points = [n for n in load(folder).graph.node if n.op_type == "MatMulNBits" and len(n.input) > 3]
         assert zero_points  # asymmetric: zero points present
+
+
+def test_int4_tied_embedding_shares_the_lm_head_bytes(ladder_workspace):
+    """One INT4 table read by both lm_head (MatMulNBits) and the embedding (GatherBlockQuantized),
+    with the same logits as a separately quantized embedding, in fewer bytes."""
+    for folder in (layout.ONNX_INT4, layout.ONNX_ADAPTER_INT4):
+        graph = load(folder).graph
+        lookup = next(n for n in graph.node if n.op_type == "GatherBlockQuantized")
+        reshape = next(n for n in graph.node if n.output[0] == lookup.input[0])
+        lm_head = next(n for n in graph.node if n.op_type == "MatMulNBits" and n.name.startswith("/lm_head/"))
+        assert reshape.input[0] == lm_head.input[1] and lookup.input[2] == lm_head.input[2]
+        assert not [n for n in graph.node if n.op_type in ("Gather", "Transpose") and "embed_tokens" in n.name]
+
+    separate = load(layout.ONNX_FP32)
+    untie_embedding(separate)  # the embedding then gets its own quantized copy
+    separate = quantize_weights(separate, 4, "rtn", 32, True, 4, embedding=True)
+    copy_support_files(layout.ONNX_FP32, Path("separate"))
+    save_canonical(separate, Path("separate"))
+    assert folder_megabytes(layout.ONNX_INT4, weights_only=True) < 0.9 * folder_megabytes(Path("separate"), True)
+    ids = prompt_ids(load_tokenizer(layout.MERGED_DIR), prompts(1)[0])
+    np.testing.assert_array_equal(GenaiModel(layout.ONNX_INT4).logits(ids), GenaiModel(Path("separate")).logits(ids))
 
 
 def test_reruns_are_byte_identical(ladder_workspace):

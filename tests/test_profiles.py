@@ -139,4 +139,3 @@ def test_real_profile_runs_the_pipeline_on_a_random_stand_in(profile, workspace,
     attributes = matmul_nbits_attributes(load(layout.ONNX_INT4))
     assert attributes and all(a["bits"] == 4 and a["block_size"] == 32 and a["accuracy_level"] == 4
                               for a in attributes)
-    print(profile, json.dumps(m))

@@ -65,26 +65,66 @@ def calibration_reader(model, samples: Sequence[Sequence[int]], head_size: int):
     return Reader()
 
 
-def untie_embedding(model) -> bool:
-    """The builder feeds a tied embedding as Gather(Transpose(lm_head weight)), which keeps the
-    FP32 table alive after lm_head is quantized. Give the Gather its own (transposed) table so it
-    can be block-quantized too. Returns whether the graph changed."""
-    from onnx import numpy_helper
-
-    inits = {t.name: t for t in model.graph.initializer}
+def tied_embedding(model):
+    """(Gather, Transpose, lm_head MatMul) when the builder feeds a tied embedding as
+    Gather(Transpose(lm_head weight)); else None."""
+    inits = {t.name for t in model.graph.initializer}
     producers = {o: n for n in model.graph.node for o in n.output}
     for gather in model.graph.node:
         source = producers.get(gather.input[0]) if gather.op_type == "Gather" else None
         if source is None or source.op_type != "Transpose" or source.input[0] not in inits:
             continue
-        table = numpy_helper.to_array(inits[source.input[0]]).T.copy()
-        name = f"{gather.name.strip('/').replace('/', '.')}.weight"
-        model.graph.initializer.append(numpy_helper.from_array(table, name))
-        gather.input[0] = name
-        if not any(source.output[0] in n.input for n in model.graph.node):
-            model.graph.node.remove(source)
-        return True
-    return False
+        matmul = next((n for n in model.graph.node if n.op_type == "MatMul" and n.input[1] == source.input[0]), None)
+        if matmul is not None:
+            return gather, source, matmul
+    return None
+
+
+def untie_embedding(model) -> bool:
+    """A tied embedding keeps the float table alive after lm_head is quantized. Give the Gather
+    its own (transposed) table so it can be block-quantized too. Returns whether the graph changed."""
+    from onnx import numpy_helper
+
+    tied = tied_embedding(model)
+    if tied is None:
+        return False
+    gather, transpose, _ = tied
+    weight = next(t for t in model.graph.initializer if t.name == transpose.input[0])
+    name = f"{gather.name.strip('/').replace('/', '.')}.weight"
+    model.graph.initializer.append(numpy_helper.from_array(numpy_helper.to_array(weight).T.copy(), name))
+    gather.input[0] = name
+    model.graph.node.remove(transpose)
+    return True
+
+
+def share_tied_embedding(model, tied_names: tuple[str, str, str], block_size: int) -> None:
+    """After lm_head became MatMulNBits, let the embedding read the same INT4 bytes: Reshape its
+    [vocab, blocks, block/2] weight to [vocab, hidden/2] and gather rows with
+    GatherBlockQuantized, as the builder's own INT4 builds do. One copy of the table, not two;
+    the values are the same, since both quantize each vocabulary row in hidden-size blocks."""
+    import numpy as np
+    from onnx import helper, numpy_helper
+
+    nodes = {n.name: n for n in model.graph.node}
+    gather, transpose = nodes[tied_names[0]], nodes[tied_names[1]]
+    nbits = next(n for n in model.graph.node if n.op_type == "MatMulNBits" and n.name.startswith(tied_names[2]))
+    weight = next(t for t in model.graph.initializer if t.name == nbits.input[1])
+    rows, blocks, blob = weight.dims
+    shape = f"{weight.name}.as_embedding_shape"
+    model.graph.initializer.append(numpy_helper.from_array(np.array([rows, blocks * blob], dtype=np.int64), shape))
+    reshape = helper.make_node("Reshape", [weight.name, shape], [f"{gather.name}/Reshape/output_0"],
+                               name=f"{gather.name}/Reshape")
+    lookup = helper.make_node("GatherBlockQuantized", [reshape.output[0], gather.input[1], nbits.input[2]],
+                              list(gather.output), name=f"{gather.name}BlockQuantized", domain="com.microsoft",
+                              bits=4, block_size=block_size, gather_axis=0, quantize_axis=1)
+    position = list(model.graph.node).index(gather)
+    for node in (gather, transpose):
+        model.graph.node.remove(node)
+    model.graph.node.insert(min(position, len(model.graph.node)), lookup)
+    model.graph.node.insert(min(position, len(model.graph.node)), reshape)
+    float_table = [t for t in model.graph.initializer if t.name == transpose.input[0]]
+    for t in float_table:
+        model.graph.initializer.remove(t)
 
 
 def quantize_weights(model, bits: int, algorithm: str, block_size: int, symmetric: bool, accuracy_level: int,
@@ -99,9 +139,15 @@ def quantize_weights(model, bits: int, algorithm: str, block_size: int, symmetri
     from onnxruntime.quantization import matmul_nbits_quantizer as mnq
 
     check_choice("algorithm", algorithm, INT4_ALGORITHMS)
-    if embedding:
+    tied = tied_embedding(model) if embedding else None
+    tied_names = tuple(n.name for n in tied) if tied else None
+    # A tied table is shared with the INT4 lm_head where the layouts agree (symmetric: no zero
+    # points; hidden size in whole blocks); otherwise the embedding gets its own quantized copy.
+    share = (tied is not None and bits == 4 and symmetric and algorithm == "rtn"
+             and _matmul_k(model, tied[2]) % block_size == 0)
+    if embedding and not share:
         untie_embedding(model)
-    op_types = ("MatMul", "Gather") if embedding else ("MatMul",)
+    op_types = ("MatMul", "Gather") if embedding and not share else ("MatMul",)
     if algorithm == "rtn":
         config = mnq.DefaultWeightOnlyQuantConfig(block_size=block_size, is_symmetric=symmetric, bits=bits,
                                                   accuracy_level=accuracy_level, op_types_to_quantize=op_types)
@@ -120,12 +166,19 @@ def quantize_weights(model, bits: int, algorithm: str, block_size: int, symmetri
                                          op_types_to_quantize=op_types, algo_config=config)
     quantizer.process()
     out = getattr(quantizer.model, "model", quantizer.model)
+    if share:
+        share_tied_embedding(out, tied_names, block_size)
     for node in out.graph.node:
         if node.op_type == "MatMulNBits":
             kept = [a for a in node.attribute if a.name != "accuracy_level"]
             del node.attribute[:]
             node.attribute.extend([*kept, helper.make_attribute("accuracy_level", accuracy_level)])
     return out
+
+
+def _matmul_k(model, matmul) -> int:
+    """The inner (hidden) size of a MatMul with a constant [K, N] weight."""
+    return next(t.dims[0] for t in model.graph.initializer if t.name == matmul.input[1])
 
 
 def quantize_dynamic_int8(src: Path):
