@@ -2,21 +2,47 @@
 
 - `builder` (default): the builder's weight-only INT8 (MatMulNBits, 8 bits) from the merged
   checkpoint; byte-stable, and measured faster and closer to FP32 than `dynamic` on the tiny model.
+  The builder keeps a tied embedding (Phi-4-mini's) as a float copy; with quantize_embedding it
+  reads the INT8 lm_head bytes instead (GatherBlockQuantized, 8 bits), one table instead of two.
 - `dynamic`: quantize_dynamic(per_channel=True, weight_type=QInt8) on the FP32 rung (the
   playbook's route), saved canonically.
 """
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 from omegaconf import DictConfig
 
 from stages.common import layout
 from stages.common.atomic import atomic_path, write_json
-from stages.common.onnx_models import copy_support_files, folder_megabytes, run_builder, save_canonical
-from stages.common.quantize import INT8_METHODS, check_choice, quantize_dynamic_int8
+from stages.common.errors import PipelineError
+from stages.common.onnx_models import copy_support_files, folder_megabytes, load, run_builder, save_canonical
+from stages.common.quantize import (
+    INT8_METHODS,
+    check_choice,
+    embedding_reads_lm_head,
+    quantize_dynamic_int8,
+    tied_lm_head_nbits,
+)
 from stages.common.runtime import get_logger, stage_main
 
 log = get_logger(__name__)
+
+
+def ties_embeddings(hf_dir: Path) -> bool:
+    return bool(json.loads((hf_dir / "config.json").read_text()).get("tie_word_embeddings", False))
+
+
+def share_tied_table(folder: Path) -> None:
+    model = load(folder)
+    names = tied_lm_head_nbits(model)
+    if names is None:
+        raise PipelineError(f"{folder}: found no embedding Gather and symmetric lm_head MatMulNBits to share; "
+                            "set quant_int8.quantize_embedding=false")
+    embedding_reads_lm_head(model, *names)
+    save_canonical(model, folder)
 
 
 def run(cfg: DictConfig) -> None:
@@ -26,6 +52,8 @@ def run(cfg: DictConfig) -> None:
         if q.method == "builder":
             run_builder(layout.MERGED_DIR, tmp, "int8", cfg.model.execution_provider,
                         {"block_size": q.block_size, "accuracy_level": q.accuracy_level})
+            if q.quantize_embedding and ties_embeddings(layout.MERGED_DIR):
+                share_tied_table(tmp)
         else:
             copy_support_files(layout.ONNX_FP32, tmp)
             save_canonical(quantize_dynamic_int8(layout.ONNX_FP32), tmp)

@@ -1,4 +1,5 @@
 import hashlib
+import json
 from pathlib import Path
 
 import numpy as np
@@ -109,16 +110,21 @@ def test_int4_graph_carries_the_params(ladder_workspace):
         assert zero_points  # asymmetric: zero points present
 
 
-def test_int4_tied_embedding_shares_the_lm_head_bytes(ladder_workspace):
-    """One INT4 table read by both lm_head (MatMulNBits) and the embedding (GatherBlockQuantized),
-    with the same logits as a separately quantized embedding, in fewer bytes."""
-    for folder in (layout.ONNX_INT4, layout.ONNX_ADAPTER_INT4):
+def test_tied_embedding_reads_the_quantized_lm_head(ladder_workspace):
+    """One quantized table read by both lm_head (MatMulNBits) and the embedding
+    (GatherBlockQuantized). INT4: the same logits as a separately quantized embedding, in fewer
+    bytes. INT8 (the builder keeps a float copy otherwise): smaller, and as close to FP32."""
+    config = json.loads((layout.MERGED_DIR / "config.json").read_text())
+    table = [config["vocab_size"], config["hidden_size"]]
+    for folder, bits in ((layout.ONNX_INT4, 4), (layout.ONNX_ADAPTER_INT4, 4), (layout.ONNX_INT8, 8)):
         graph = load(folder).graph
         lookup = next(n for n in graph.node if n.op_type == "GatherBlockQuantized")
         reshape = next(n for n in graph.node if n.output[0] == lookup.input[0])
         lm_head = next(n for n in graph.node if n.op_type == "MatMulNBits" and n.name.startswith("/lm_head/"))
         assert reshape.input[0] == lm_head.input[1] and lookup.input[2] == lm_head.input[2]
+        assert next(a.i for a in lookup.attribute if a.name == "bits") == bits
         assert not [n for n in graph.node if n.op_type in ("Gather", "Transpose") and "embed_tokens" in n.name]
+        assert not [t for t in graph.initializer if list(t.dims) in (table, table[::-1])]  # no float table
 
     separate = load(layout.ONNX_FP32)
     untie_embedding(separate)  # the embedding then gets its own quantized copy
@@ -128,6 +134,14 @@ def test_int4_tied_embedding_shares_the_lm_head_bytes(ladder_workspace):
     assert folder_megabytes(layout.ONNX_INT4, weights_only=True) < 0.9 * folder_megabytes(Path("separate"), True)
     ids = prompt_ids(load_tokenizer(layout.MERGED_DIR), prompts(1)[0])
     np.testing.assert_array_equal(GenaiModel(layout.ONNX_INT4).logits(ids), GenaiModel(Path("separate")).logits(ids))
+
+    shared_int8 = GenaiModel(layout.ONNX_INT8).logits(ids)
+    shared_mb = folder_megabytes(layout.ONNX_INT8, weights_only=True)
+    quant_int8.run(shrunk(["quant_int8.quantize_embedding=false"]))
+    fp32 = GenaiModel(layout.ONNX_FP32).logits(ids)
+    float_table = np.abs(GenaiModel(layout.ONNX_INT8).logits(ids) - fp32).max()
+    assert np.abs(shared_int8 - fp32).max() <= 1.5 * float_table
+    assert shared_mb < 0.8 * folder_megabytes(layout.ONNX_INT8, weights_only=True)
 
 
 def test_reruns_are_byte_identical(ladder_workspace):

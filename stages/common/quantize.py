@@ -97,17 +97,18 @@ def untie_embedding(model) -> bool:
     return True
 
 
-def share_tied_embedding(model, tied_names: tuple[str, str, str], block_size: int) -> None:
-    """After lm_head became MatMulNBits, let the embedding read the same INT4 bytes: Reshape its
-    [vocab, blocks, block/2] weight to [vocab, hidden/2] and gather rows with
-    GatherBlockQuantized, as the builder's own INT4 builds do. One copy of the table, not two;
-    the values are the same, since both quantize each vocabulary row in hidden-size blocks."""
+def embedding_reads_lm_head(model, gather_name: str, lm_head_name: str) -> None:
+    """For a tied embedding: once lm_head is MatMulNBits, let the embedding Gather read the same
+    quantized bytes (Reshape [vocab, blocks, blob] to [vocab, hidden * bits / 8], then
+    GatherBlockQuantized), as the builder's own INT4 builds do: one copy of the table, not two.
+    Both quantize each vocabulary row in hidden-size blocks, so the values are the same. Needs
+    no zero points (symmetric) and the hidden size in whole blocks; the caller checks."""
     import numpy as np
     from onnx import helper, numpy_helper
 
     nodes = {n.name: n for n in model.graph.node}
-    gather, transpose = nodes[tied_names[0]], nodes[tied_names[1]]
-    nbits = next(n for n in model.graph.node if n.op_type == "MatMulNBits" and n.name.startswith(tied_names[2]))
+    gather, nbits = nodes[gather_name], nodes[lm_head_name]
+    attrs = {a.name: helper.get_attribute_value(a) for a in nbits.attribute}
     weight = next(t for t in model.graph.initializer if t.name == nbits.input[1])
     rows, blocks, blob = weight.dims
     shape = f"{weight.name}.as_embedding_shape"
@@ -116,15 +117,33 @@ def share_tied_embedding(model, tied_names: tuple[str, str, str], block_size: in
                                name=f"{gather.name}/Reshape")
     lookup = helper.make_node("GatherBlockQuantized", [reshape.output[0], gather.input[1], nbits.input[2]],
                               list(gather.output), name=f"{gather.name}BlockQuantized", domain="com.microsoft",
-                              bits=4, block_size=block_size, gather_axis=0, quantize_axis=1)
+                              bits=attrs["bits"], block_size=attrs["block_size"], gather_axis=0, quantize_axis=1)
     position = list(model.graph.node).index(gather)
-    for node in (gather, transpose):
-        model.graph.node.remove(node)
-    model.graph.node.insert(min(position, len(model.graph.node)), lookup)
-    model.graph.node.insert(min(position, len(model.graph.node)), reshape)
-    float_table = [t for t in model.graph.initializer if t.name == transpose.input[0]]
-    for t in float_table:
-        model.graph.initializer.remove(t)
+    model.graph.node.remove(gather)
+    model.graph.node.insert(position, lookup)
+    model.graph.node.insert(position, reshape)
+    # The float table (and the builder's Transpose feeding a tied one) now has no reader.
+    producers = {o: n for n in model.graph.node for o in n.output}
+    source = producers.get(gather.input[0])
+    table = source.input[0] if source is not None and source.op_type == "Transpose" else gather.input[0]
+    if source is not None and not any(source.output[0] in n.input for n in model.graph.node):
+        model.graph.node.remove(source)
+    if not any(table in n.input for n in model.graph.node):
+        for t in [t for t in model.graph.initializer if t.name == table]:
+            model.graph.initializer.remove(t)
+
+
+def tied_lm_head_nbits(model) -> tuple[str, str] | None:
+    """(embedding Gather, lm_head MatMulNBits) names where sharing is possible: the lm_head
+    quantized without zero points, its hidden size in whole blocks; else None."""
+    from onnx import helper
+
+    gather = next((n for n in model.graph.node if n.op_type == "Gather" and n.input[1] == "input_ids"), None)
+    nbits = next((n for n in model.graph.node if n.op_type == "MatMulNBits" and n.name.startswith("/lm_head/")), None)
+    if gather is None or nbits is None or (len(nbits.input) > 3 and nbits.input[3]):
+        return None
+    attrs = {a.name: helper.get_attribute_value(a) for a in nbits.attribute}
+    return (gather.name, nbits.name) if attrs["K"] % attrs["block_size"] == 0 else None
 
 
 def quantize_weights(model, bits: int, algorithm: str, block_size: int, symmetric: bool, accuracy_level: int,
@@ -140,10 +159,9 @@ def quantize_weights(model, bits: int, algorithm: str, block_size: int, symmetri
 
     check_choice("algorithm", algorithm, INT4_ALGORITHMS)
     tied = tied_embedding(model) if embedding else None
-    tied_names = tuple(n.name for n in tied) if tied else None
-    # A tied table is shared with the INT4 lm_head where the layouts agree (symmetric: no zero
-    # points; hidden size in whole blocks); otherwise the embedding gets its own quantized copy.
-    share = (tied is not None and bits == 4 and symmetric and algorithm == "rtn"
+    # A tied table is shared with the quantized lm_head where the layouts agree (symmetric: no
+    # zero points; hidden size in whole blocks); otherwise the embedding gets its own copy.
+    share = (tied is not None and symmetric and algorithm == "rtn"
              and _matmul_k(model, tied[2]) % block_size == 0)
     if embedding and not share:
         untie_embedding(model)
@@ -166,8 +184,8 @@ def quantize_weights(model, bits: int, algorithm: str, block_size: int, symmetri
                                          op_types_to_quantize=op_types, algo_config=config)
     quantizer.process()
     out = getattr(quantizer.model, "model", quantizer.model)
-    if share:
-        share_tied_embedding(out, tied_names, block_size)
+    if share and (names := tied_lm_head_nbits(out)):
+        embedding_reads_lm_head(out, *names)
     for node in out.graph.node:
         if node.op_type == "MatMulNBits":
             kept = [a for a in node.attribute if a.name != "accuracy_level"]
