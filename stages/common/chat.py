@@ -11,6 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import lru_cache
 
+from stages.common.errors import PipelineError
+
 
 @dataclass(frozen=True)
 class ChatFormat:
@@ -63,21 +65,16 @@ def prompt_ids(tokenizer, prompt: str) -> list[int]:
     return tokenizer(prompt_text(tokenizer, prompt), add_special_tokens=False)["input_ids"]
 
 
-def end_of_turn(tokenizer) -> str:
-    """The token the template writes right after an assistant message."""
-    return _end_of_turn(tokenizer.chat_template, tokenizer)
-
-
 @lru_cache(maxsize=8)
-def _end_of_turn(template: str, tokenizer) -> str:
+def end_of_turn(tokenizer) -> str:
+    """The token the template writes right after an assistant message (cached: training asks
+    for it once per example)."""
     turns = [{"role": "user", "content": "q"}, {"role": "assistant", "content": _SENTINEL}]
     text = tokenizer.apply_chat_template(turns, tokenize=False)
     tail = text.split(_SENTINEL, 1)[1]
     ids = tokenizer(tail, add_special_tokens=False)["input_ids"]
     token = tokenizer.convert_ids_to_tokens(ids[0]) if ids else None
     if token is None or token not in tokenizer.all_special_tokens + list(tokenizer.get_added_vocab()):
-        from stages.common.errors import PipelineError
-
         raise PipelineError(f"the tokenizer's chat template ends an assistant turn with {tail!r}, not a special "
                             "token; training needs one to stop on")
     return token

@@ -184,8 +184,8 @@ def quantize_weights(model, bits: int, algorithm: str, block_size: int, symmetri
                                          op_types_to_quantize=op_types, algo_config=config)
     quantizer.process()
     out = getattr(quantizer.model, "model", quantizer.model)
-    if share and (names := tied_lm_head_nbits(out)):
-        embedding_reads_lm_head(out, *names)
+    if share:  # the checks above are the ones tied_lm_head_nbits makes on the quantized graph
+        embedding_reads_lm_head(out, *tied_lm_head_nbits(out))
     for node in out.graph.node:
         if node.op_type == "MatMulNBits":
             kept = [a for a in node.attribute if a.name != "accuracy_level"]
