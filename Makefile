@@ -54,10 +54,10 @@ bench: $(STAMP) ## benchmarks: dedup signatures/s vs a naive loop; decode tok/s 
 	$(BIN)/dvc repro --quiet quant_int4 quant_int8
 	$(BIN)/python -m benchmarks.decode_speed
 
-review: $(STAMP) ## for a pull request: metrics diff vs $(REV) as Markdown, then the gates table
-	@echo "## Metrics vs $(REV)"; echo
+review: $(STAMP) ## for a pull request: gated metrics vs $(REV) paired per item with intervals, the gates, all metrics
+	@$(BIN)/python -m tools.review --rev $(REV)
+	@echo; echo "## All metrics vs $(REV)"; echo
 	@$(BIN)/dvc metrics diff $(REV) --md
-	@echo; cat reports/gates.md
 
 sweep: $(STAMP) ## queue and run a grid: make sweep R="4,8,16" BETA="0,0.05,0.2" [JOBS=1]
 	$(BIN)/dvc exp run --queue -S 'train.lora.r=$(R)' -S 'train.kl_beta=$(BETA)' -S 'gates.strict=false'

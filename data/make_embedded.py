@@ -189,6 +189,31 @@ def edit_words(text: str, rng: random.Random, edits: int) -> str:
     return " ".join(tokens)
 
 
+# Eval sets sized to resolve the gates' margins (data/README.md, "Sizing the eval sets").
+GENERAL_TEST_ITEMS = 2000
+DOMAIN_TEST_ITEMS = 1000
+
+
+def sized_eval_sets(names: list[dict], tickets: list[tuple[str, str]], general_test: list[dict],
+                    domain_test: list[dict]) -> tuple[list[dict], list[dict]]:
+    """The test sets grown to their gated sizes. The extra items come after everything else, from
+    a stream of their own, so every other file keeps the bytes it had at 200 items: more general
+    names (disjoint from training), and more tickets kept distinct from every ticket above."""
+    rng = random.Random(SEED + 1)
+    general = general_test + [
+        {"id": f"gen-test-{i:04d}", "prompt": general_task_prompt(n["qualname"]), "answer": n["module"].split(".")[0]}
+        for i, n in enumerate(names[4000:4000 + GENERAL_TEST_ITEMS]) if i >= len(general_test)]
+    sigs = [shingles(f"{p} {a}") for p, a in tickets]
+    domain = list(domain_test)
+    while len(domain) < DOMAIN_TEST_ITEMS:
+        prompt, answer = make_ticket(rng)
+        sig = shingles(f"{prompt} {answer}")
+        if all(jaccard(sig, s) < 0.45 for s in sigs):
+            domain.append({"id": f"dom-test-{len(domain):04d}", "prompt": prompt, "answer": answer})
+            sigs.append(sig)
+    return general, domain
+
+
 def write_jsonl(path: Path, rows: list[dict]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w", encoding="utf-8", newline="\n") as f:
@@ -249,6 +274,8 @@ def main() -> None:
         extra.append({"id": f"leak-{len(extra):03d}", "prompt": "Explain this documentation.",
                       "response": passage})
         planted.append({"id": extra[-1]["id"], "kind": "eval_leak", "of": item["id"]})
+
+    general_test, domain_test = sized_eval_sets(names, tickets, general_test, domain_test)
 
     # Planted rows are interleaved after their originals' positions, deterministically.
     raw_train = list(domain_train)

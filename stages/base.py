@@ -20,6 +20,7 @@ from stages.common import layout
 from stages.common.atomic import atomic_path, write_json
 from stages.common.chat import prompt_text
 from stages.common.checkpoint import fingerprint, validate_checkpoint
+from stages.common.errors import PipelineError
 from stages.common.lm import text_windows, torch_perplexity
 from stages.common.params import required
 from stages.common.records import read_jsonl
@@ -30,7 +31,10 @@ log = get_logger(__name__)
 
 def run(cfg: DictConfig) -> None:
     if cfg.model.build:
-        metrics = build_tiny_base(cfg, Path(cfg.model.path))
+        if cfg.model.path is not None:
+            raise PipelineError(f"model.path={cfg.model.path}: a built base (model.build=true) is always written to "
+                                f"{layout.BASE_DIR}; model.path names a local checkpoint (model.build=false)")
+        metrics = build_tiny_base(cfg, layout.BASE_DIR)
     else:
         metrics = record_local_checkpoint(Path(str(required(cfg, "model.path"))))
     write_json(layout.BASE_METRICS, metrics)

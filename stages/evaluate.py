@@ -1,21 +1,22 @@
-"""evaluate: one rung of the ladder -> metrics/eval/<rung>.json.
+"""evaluate: one rung of the ladder -> metrics/eval/<rung>.json and metrics/eval/items/<rung>.json.
 
     python -m stages.evaluate onnx_int4 [overrides]
 
-Rungs: torch_base, torch_lora (transformers) and onnx_fp32, onnx_int8, onnx_int4
-(onnxruntime-genai, the real consumer of the export). Every rung sees the same token ids:
-- perplexity of the domain test answers given their prompts, and of held-out general text;
-- greedy exact-match accuracy on the domain test set and the general task's test set;
-- size on disk of what a user ships for the rung;
-- speed: prefill tokens/s, decode tokens/s and per-token latency p50/p95 at fixed lengths.
+The rungs are listed once, in stages/common/rungs.py: the torch checkpoints (transformers), the
+ONNX rungs and the hot-swap adapter path (onnxruntime-genai, as a serving process loads them).
+Every rung sees the same token ids and writes, per item (so gates can pair rungs item by item):
+- greedy exact match on the domain test set and the general task's test set;
+- perplexity of each domain answer given its prompt, and of each held-out general document;
+- against its reference rung, per held-out document: KL(p_reference || p_rung) summed over
+  tokens and top-1 agreement (quantization fidelity on identical tokens);
+and in the summary: those metrics over all items, the KL's 99th percentile per token, size on
+disk, and speed (prefill tokens/s, decode tokens/s, per-token latency p50/p95).
 """
 
 from __future__ import annotations
 
 import sys
-import time
-from collections.abc import Callable, Sequence
-from pathlib import Path
+from collections.abc import Sequence
 
 import numpy as np
 from omegaconf import DictConfig
@@ -23,103 +24,95 @@ from omegaconf import DictConfig
 from stages.common import layout
 from stages.common.atomic import write_json
 from stages.common.chat import prompt_ids, response_ids, stop_token_ids
-from stages.common.checkpoint import load_causal_lm, load_tokenizer
+from stages.common.checkpoint import base_checkpoint, load_tokenizer
 from stages.common.errors import PipelineError
-from stages.common.lm import perplexity, text_windows, torch_greedy, torch_logits, window_nll
+from stages.common.item_metrics import FIDELITY, value
+from stages.common.language_model import LanguageModel, open_rung
+from stages.common.lm import document_windows, next_token_fidelity, window_nll
 from stages.common.records import read_jsonl
-from stages.common.runtime import get_logger, progress, stage_main
+from stages.common.rungs import RUNGS, Rung
+from stages.common.runtime import get_logger, progress, stage_main, timed
 
 log = get_logger(__name__)
 
-ONNX_RUNGS = {"onnx_fp32": layout.ONNX_FP32, "onnx_int8": layout.ONNX_INT8, "onnx_int4": layout.ONNX_INT4}
-RUNGS = ("torch_base", "torch_lora", *ONNX_RUNGS)
+BATCH = 16  # teacher-forced answer passes per logits_batch call
+SIG_DIGITS = 6  # per-item floats: enough for any gate, stable bytes for DVC
 
 
-class Rung:
-    """What evaluation needs of a model: logits for a window, a greedy answer, a timed decode."""
-
-    def __init__(self, name: str, cfg: DictConfig):
-        self.name = name
-        if name in ONNX_RUNGS:
-            self.folder = ONNX_RUNGS[name]
-        else:
-            self.folder = Path(cfg.model.path) if name == "torch_base" else layout.MERGED_DIR
-        if not self.folder.exists():
-            raise PipelineError(f"rung {name}: {self.folder} not found; run the stage that builds it first")
-        if name in ONNX_RUNGS:
-            from stages.common.genai import GenaiModel
-
-            self.onnx = GenaiModel(self.folder, provider=cfg.evaluate.provider)
-            self.logits: Callable = self.onnx.logits
-            self.greedy: Callable = self.onnx.greedy
-        else:
-            self.torch = load_causal_lm(self.folder, cfg.model.dtype, cfg.model.device)
-            self.logits = lambda ids: torch_logits(self.torch, ids)
-            self.greedy = lambda ids, n, stop: torch_greedy(self.torch, ids, n, stop)
-
-    def size_mb(self) -> float:
-        return round(sum(p.stat().st_size for p in self.folder.rglob("*") if p.is_file()) / 1e6, 3)
-
-    def timed_decode(self, prompt: Sequence[int], new_tokens: int) -> tuple[float, list[float]]:
-        """Seconds for the prefill, and for each of `new_tokens` greedy decode steps (no early stop)."""
-        if hasattr(self, "onnx"):
-            total = len(prompt) + new_tokens
-            generator = self.onnx.generator(None, total, min_length=total)
-            start = time.perf_counter()
-            generator.append_tokens(list(prompt))
-            prefill = time.perf_counter() - start
-            steps = []
-            for _ in range(new_tokens):
-                start = time.perf_counter()
-                generator.generate_next_token()
-                steps.append(time.perf_counter() - start)
-            return prefill, steps
-        import torch
-
-        device = self.torch.device
-        sync = torch.cuda.synchronize if device.type == "cuda" else lambda: None  # CUDA runs ahead of the clock
-        with torch.no_grad():
-            start = time.perf_counter()
-            out = self.torch(input_ids=torch.tensor([list(prompt)], device=device), use_cache=True)
-            sync()
-            prefill = time.perf_counter() - start
-            past, token, steps = out.past_key_values, out.logits[:, -1:].argmax(-1), []
-            for _ in range(new_tokens):
-                start = time.perf_counter()
-                out = self.torch(input_ids=token, past_key_values=past, use_cache=True)
-                past, token = out.past_key_values, out.logits[:, -1:].argmax(-1)
-                sync()
-                steps.append(time.perf_counter() - start)
-        return prefill, steps
+def rounded(x: float) -> float:
+    return float(f"{x:.{SIG_DIGITS}g}")
 
 
-def window_perplexity(rung: Rung, windows: Sequence[tuple[Sequence[int], int]], desc: str) -> float:
-    """Perplexity over (token ids, first scored position) windows."""
-    total, count = 0.0, 0
-    for ids, score_from in progress(windows, desc=desc, total=len(windows)):
-        nll, n = window_nll(rung.logits(ids), ids, score_from)
-        total, count = total + nll, count + n
-    return perplexity(total, count)
+def size_mb(model: LanguageModel) -> float:
+    return round(sum(p.stat().st_size for p in model.folder.rglob("*") if p.is_file()) / 1e6, 3)
 
 
-def exact_match(rung: Rung, tokenizer, rows: Sequence[dict], max_new_tokens: int, desc: str) -> float:
+def answers(model: LanguageModel, tokenizer, rows: Sequence[dict], max_new_tokens: int, window: int,
+            desc: str) -> tuple[dict[str, int], dict[str, list]]:
+    """Per item: greedy exact match (1 or 0), and [NLL, tokens] of the reference answer given the
+    prompt, from one prefill of prompt + answer + end-of-turn.
+
+    That pass also tells greedy decoding's first tokens: up to the first position where the
+    argmax leaves the reference, greedy emits the reference. So an item is decided without
+    generating when greedy follows the reference to its end-of-turn (right), or stops early, or
+    leaves it with text that is no prefix of the answer (wrong). Only an item whose greedy path
+    leaves the reference tokens yet may still spell the answer (another tokenization of the same
+    string) is generated for real."""
     stop = stop_token_ids(tokenizer)
-    hits = 0
-    for row in progress(rows, desc=desc, total=len(rows)):
-        answer = tokenizer.decode(rung.greedy(prompt_ids(tokenizer, row["prompt"]), max_new_tokens, stop))
-        hits += answer.strip() == row["answer"].strip()
-    return hits / len(rows)
+    correct, nll = {}, {}
+    prompts = [prompt_ids(tokenizer, row["prompt"]) for row in rows]
+    windows = [last_window(p + response_ids(tokenizer, row["answer"]), len(p), window)
+               for p, row in zip(prompts, rows, strict=True)]
+    batches = (range(i, min(i + BATCH, len(rows))) for i in range(0, len(rows), BATCH))
+    every_logits = (logits for b in batches for logits in model.logits_batch([windows[i][0] for i in b]))
+    for row, prompt, (ids, score_from), logits in progress(zip(rows, prompts, windows, every_logits, strict=True),
+                                                           desc=desc, total=len(rows)):
+        total, count = window_nll(logits, ids, score_from)
+        nll[row["id"]] = [rounded(total), count]
+        reference, greedy = ids[score_from:], logits[score_from - 1 : -1].argmax(-1).tolist()
+        k = next((i for i, (g, r) in enumerate(zip(greedy, reference, strict=True)) if g != r), None)
+        if k is None or k >= max_new_tokens or greedy[k] in stop:  # greedy's whole output is known
+            right = tokenizer.decode(reference[: min(count - 1 if k is None else k, max_new_tokens)]).strip() \
+                == row["answer"].strip()
+        elif row["answer"].strip().startswith(tokenizer.decode([*reference[:k], greedy[k]]).strip()):
+            right = tokenizer.decode(model.greedy(prompt, max_new_tokens, stop)).strip() == row["answer"].strip()
+        else:
+            right = False
+        correct[row["id"]] = int(right)
+    return correct, nll
 
 
-def speed(rung: Rung, tokenizer, text: str, cfg: DictConfig) -> dict[str, float]:
+def heldout_text(model: LanguageModel, reference: LanguageModel | None,
+                 windows: dict[str, list[tuple[list[int], int]]]) -> tuple[dict[str, list], dict[str, list], list]:
+    """Per held-out document: [summed NLL, tokens]; and against the reference, from the same
+    logits, [summed KL(p_reference || p_model), tokens, top-1 agreements]; and every token's KL
+    (for its percentile)."""
+    nll, fidelity, every = {}, {}, []
+    for doc_id, doc_windows in progress(windows.items(), desc="held-out text", total=len(windows)):
+        total, count, kl_sum, agree = 0.0, 0, 0.0, 0
+        for ids, score_from in doc_windows:
+            logits = model.logits(ids)
+            window_total, n = window_nll(logits, ids, score_from)
+            total, count = total + window_total, count + n
+            if reference is not None:
+                kl, same = next_token_fidelity(reference.logits(ids)[:-1], logits[:-1])
+                kl_sum, agree = kl_sum + float(kl.sum()), agree + int(same.sum())
+                every.append(kl)
+        nll[doc_id] = [rounded(total), count]
+        if reference is not None:
+            fidelity[doc_id] = [rounded(kl_sum), count, agree]
+    return nll, fidelity, every
+
+
+def speed(model: LanguageModel, tokenizer, text: str, cfg: DictConfig) -> dict[str, float]:
     s = cfg.evaluate.speed
     prompt = tokenizer(text, add_special_tokens=False)["input_ids"][: s.prompt_tokens]
     if len(prompt) < s.prompt_tokens:
         raise PipelineError(f"speed prompt has {len(prompt)} tokens, fewer than evaluate.speed.prompt_tokens")
-    rung.timed_decode(prompt, 4)  # warm-up: first-run allocations are not the rung's speed
+    model.timed_decode(prompt, 4)  # warm-up: first-run allocations are not the rung's speed
     prefills, steps = [], []
     for _ in range(s.repeats):
-        prefill, step_times = rung.timed_decode(prompt, s.new_tokens)
+        prefill, step_times = model.timed_decode(prompt, s.new_tokens)
         prefills.append(prefill)
         steps += step_times
     return {"prefill_tok_s": round(s.prompt_tokens / float(np.median(prefills)), 1),
@@ -129,18 +122,16 @@ def speed(rung: Rung, tokenizer, text: str, cfg: DictConfig) -> dict[str, float]
 
 
 def evaluation_data(cfg: DictConfig, tokenizer) -> dict:
-    """The same token ids for every rung."""
+    """The same token ids for every rung, keyed by item id."""
     e = cfg.evaluate
     domain = read_jsonl(cfg.data.eval.domain_test, "task")[: e.max_task_examples]
     general = read_jsonl(cfg.data.eval.general_test, "task")[: e.max_task_examples]
-    heldout = [r["text"] for r in read_jsonl(cfg.data.eval.general_heldout, "text")]
-    # Domain perplexity scores the answer given its prompt (what the adapter is for); general
-    # perplexity scores every token of held-out plain text.
-    prompts = [prompt_ids(tokenizer, r["prompt"]) for r in domain]
-    answers = [(p + response_ids(tokenizer, r["answer"]), len(p)) for p, r in zip(prompts, domain, strict=True)]
-    return {"domain": domain, "general": general, "speed_text": " ".join(heldout),
-            "domain_windows": [last_window(ids, start, e.ppl_window) for ids, start in answers],
-            "general_windows": [(ids, 1) for ids in text_windows(tokenizer, heldout, e.ppl_window)]}
+    heldout = read_jsonl(cfg.data.eval.general_heldout, "text")
+    # Domain perplexity scores each answer given its prompt (what the adapter is for, see
+    # `answers`); general perplexity scores every token of held-out plain text.
+    return {"domain": domain, "general": general, "speed_text": " ".join(r["text"] for r in heldout),
+            "general_windows": {r["id"]: [(ids, 1) for ids in document_windows(tokenizer, r["text"], e.ppl_window)]
+                                for r in heldout}}
 
 
 def last_window(ids: list[int], score_from: int, window: int) -> tuple[list[int], int]:
@@ -149,23 +140,45 @@ def last_window(ids: list[int], score_from: int, window: int) -> tuple[list[int]
     return ids[cut:], max(1, score_from - cut)
 
 
+def evaluate_rung(rung: Rung, cfg: DictConfig) -> tuple[dict, dict]:
+    """(summary metrics, per-item results) of one rung."""
+    tokenizer = load_tokenizer(base_checkpoint(cfg) if rung.name == "torch_base" else layout.MERGED_DIR)
+    data = evaluation_data(cfg, tokenizer)
+    model = open_rung(rung, cfg)
+    e = cfg.evaluate
+    items: dict[str, dict] = {}
+    seconds: dict[str, float] = {}
+    with timed(log, f"{rung.name}: answers") as t:
+        items["domain_acc"], items["domain_ppl"] = answers(model, tokenizer, data["domain"], e.max_new_tokens,
+                                                           e.ppl_window, "domain")
+        items["general_acc"], _ = answers(model, tokenizer, data["general"], e.max_new_tokens, e.ppl_window,
+                                          "general")
+    seconds["answers"] = t["seconds"]
+    with timed(log, f"{rung.name}: held-out text") as t:
+        reference = open_rung(RUNGS[rung.reference], cfg) if rung.reference else None
+        items["general_ppl"], fidelity, per_token = heldout_text(model, reference, data["general_windows"])
+    seconds["heldout_text"] = t["seconds"]
+    metrics = {name: round(value(name, items[name]), 4) for name in items}
+    metrics["items"] = {name: len(rows) for name, rows in items.items()}
+    if reference is not None:
+        items[FIDELITY] = fidelity
+        metrics |= {"reference": rung.reference, "kl": round(value("kl", fidelity), 6),
+                    "kl_p99": round(float(np.percentile(np.concatenate(per_token), 99)), 6),
+                    "top1": round(value("top1", fidelity), 5)}
+    with timed(log, f"{rung.name}: speed") as t:
+        metrics |= {"size_mb": size_mb(model), **speed(model, tokenizer, data["speed_text"], cfg)}
+    seconds["speed"] = t["seconds"]
+    metrics["seconds"] = seconds
+    return metrics, items
+
+
 def run(cfg: DictConfig, rung_name: str) -> None:
     if rung_name not in RUNGS:
         raise PipelineError(f"unknown rung {rung_name!r}; expected one of {', '.join(RUNGS)}")
-    tokenizer = load_tokenizer(cfg.model.path if rung_name == "torch_base" else layout.MERGED_DIR)
-    data = evaluation_data(cfg, tokenizer)
-    rung = Rung(rung_name, cfg)
-    e = cfg.evaluate
-    metrics = {
-        "domain_ppl": round(window_perplexity(rung, data["domain_windows"], "domain ppl"), 4),
-        "general_ppl": round(window_perplexity(rung, data["general_windows"], "general ppl"), 4),
-        "domain_acc": round(exact_match(rung, tokenizer, data["domain"], e.max_new_tokens, "domain acc"), 4),
-        "general_acc": round(exact_match(rung, tokenizer, data["general"], e.max_new_tokens, "general acc"), 4),
-        "size_mb": rung.size_mb(),
-        **speed(rung, tokenizer, data["speed_text"], cfg),
-    }
+    metrics, items = evaluate_rung(RUNGS[rung_name], cfg)
+    write_json(layout.EVAL_ITEMS_DIR / f"{rung_name}.json", items)
     write_json(layout.EVAL_METRICS_DIR / f"{rung_name}.json", metrics)
-    log.info("%s: %s", rung_name, metrics)
+    log.info("%s: %s", rung_name, {k: v for k, v in metrics.items() if k not in ("items", "seconds")})
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -18,6 +18,7 @@ from omegaconf import DictConfig
 
 from stages.common import layout
 from stages.common.atomic import atomic_path, write_json
+from stages.common.checkpoint import base_checkpoint
 from stages.common.onnx_models import (
     ADAPTER_FILE,
     check_builder_input,
@@ -47,7 +48,7 @@ def export_base_with_adapter(base_dir: Path, adapter_dir: Path, provider: str, p
 
 def run(cfg: DictConfig) -> None:
     provider, precision = cfg.model.execution_provider, cfg.model.onnx_precision
-    base_dir = Path(cfg.model.path)
+    base_dir = base_checkpoint(cfg)
     check_export_target(provider, precision)  # before anything is written
     check_builder_input(layout.MERGED_DIR)
     check_builder_input(base_dir)

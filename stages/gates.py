@@ -1,91 +1,174 @@
-"""gates: the release verdict. Thresholds from params, every check a row of one table.
+"""gates: the release verdict. Every check is a paired, one-sided statement with an interval.
 
-Reads metrics/eval/<rung>.json and the quantization metrics; writes metrics/gates.json,
-reports/gates.md and metrics/ladder.json (size vs quality per rung, for `dvc plots`); prints the
-table; exits 1 on any breach unless gates.strict=false (sweeps record every point).
+Each rung is judged against its reference (stages/common/rungs.py) on the same items, read from
+the committed per-item files (metrics/eval/items/<rung>.json). A budget in conf/gates/ names
+what may move and by how much; a check passes only when the bound of its interval on the bad
+side is inside the threshold, fails when the point estimate is outside, and is inconclusive in
+between, with the number of items that would resolve it (stages/common/paired.py).
+
+Writes metrics/gates.json, reports/gates.md and metrics/ladder.json (size vs quality per rung,
+for `dvc plots`); prints the table; exits 1 on any FAIL or inconclusive check unless
+gates.strict=false (sweeps record every point).
 """
 
 from __future__ import annotations
 
 import json
 import sys
-from dataclasses import asdict, dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass
 
 from omegaconf import DictConfig
 
 from stages.common import layout
 from stages.common.atomic import write_json, write_text
 from stages.common.errors import PipelineError
+from stages.common.item_metrics import change, estimate, items_key, value
+from stages.common.paired import FAIL, INCONCLUSIVE, PASS, Estimate, Judgement, judge
+from stages.common.rungs import RUNGS
 from stages.common.runtime import get_logger, stage_main
-from stages.evaluate import RUNGS
 
 log = get_logger(__name__)
+
+# Budget key -> (metric, how the statistic is read, sign of the threshold). "change" is the paired
+# change against the reference rung (points for rates, relative for perplexities); "value" is the
+# rung's own statistic (KL and top-1 already compare it with its reference token by token).
+RULES: dict[str, tuple[tuple[str, str, str, int], ...]] = {
+    "max_ppl_increase": (("domain_ppl", "change", "<=", 1), ("general_ppl", "change", "<=", 1)),
+    "max_general_ppl_increase": (("general_ppl", "change", "<=", 1),),
+    "max_acc_drop": (("domain_acc", "change", ">=", -1), ("general_acc", "change", ">=", -1)),
+    "max_general_acc_drop": (("general_acc", "change", ">=", -1),),
+    "min_domain_acc_gain": (("domain_acc", "change", ">=", 1),),
+    "max_kl": (("kl", "value", "<=", 1),),
+    "min_top1": (("top1", "value", ">=", 1),),
+}
+SIZE_RULE = "max_size_ratio"
+SETTINGS = ("strict", "confidence", "resamples")
 
 
 @dataclass(frozen=True)
 class Check:
     rung: str
+    reference: str
     metric: str
-    value: float
+    statistic: str       # what is bounded: "change" vs the reference, or the rung's "value"
+    rung_value: float
+    reference_value: float | None
+    estimate: Estimate
     threshold: float
-    direction: str  # "<=" or ">="
-    rule: str       # how the threshold was derived, for the reader
+    direction: str       # ">=" or "<="
+    judgement: Judgement
 
     @property
-    def passed(self) -> bool:
-        return self.value <= self.threshold if self.direction == "<=" else self.value >= self.threshold
+    def verdict(self) -> str:
+        return self.judgement.verdict
 
     def describe(self) -> str:
-        verdict = "pass" if self.passed else "FAIL"
-        return (f"{verdict}: {self.rung} {self.metric} = {self.value:.4g}, threshold {self.direction} "
-                f"{self.threshold:.4g} ({self.rule})")
+        e, j = self.estimate, self.judgement
+        need = f"; about {j.items_needed} items would resolve it" if j.items_needed else ""
+        return (f"{j.verdict}: {self.rung} {self.metric} {self.statistic} vs {self.reference} = {e.point:+.4g} "
+                f"[{e.low:+.4g}, {e.high:+.4g}] on {e.items} items, threshold {self.direction} "
+                f"{self.threshold:+.4g}{need}")
+
+    def as_dict(self) -> dict:
+        e, j = self.estimate, self.judgement
+        return {"rung": self.rung, "reference": self.reference, "metric": self.metric, "statistic": self.statistic,
+                "rung_value": self.rung_value, "reference_value": self.reference_value, "point": round(e.point, 6),
+                "low": round(e.low, 6), "high": round(e.high, 6), "items": e.items, "threshold": self.threshold,
+                "direction": self.direction, "verdict": j.verdict, "items_needed": j.items_needed}
 
 
-def load_metrics() -> dict[str, dict]:
+def load_items(rung: str) -> dict:
+    path = layout.EVAL_ITEMS_DIR / f"{rung}.json"
+    if not path.is_file():
+        raise PipelineError(f"{path}: missing; run `dvc repro evaluate@{rung}` first")
+    return json.loads(path.read_text())
+
+
+def load_summary(rung: str) -> dict:
+    path = layout.EVAL_METRICS_DIR / f"{rung}.json"
+    if not path.is_file():
+        raise PipelineError(f"{path}: missing; run `dvc repro evaluate@{rung}` first")
+    return json.loads(path.read_text())
+
+
+def budgets(g: DictConfig) -> dict[str, dict[str, float]]:
+    """gates.<rung>.<rule>: each rung's budget, every key checked against the known rules."""
     out = {}
-    for rung in RUNGS:
-        path = layout.EVAL_METRICS_DIR / f"{rung}.json"
-        if not path.is_file():
-            raise PipelineError(f"{path}: missing; run `dvc repro evaluate@{rung}` first")
-        out[rung] = json.loads(path.read_text())
-    out["quant_int4"] = json.loads(layout.QUANT_INT4_METRICS.read_text())
+    for name, budget in g.items():
+        if name in SETTINGS:
+            continue
+        if name not in RUNGS or RUNGS[name].reference is None:
+            raise PipelineError(f"gates.{name}: not a rung with a reference; budgets are keyed by rung "
+                                f"({', '.join(r for r in RUNGS if RUNGS[r].reference)})")
+        unknown = set(budget) - set(RULES) - {SIZE_RULE}
+        if unknown:
+            raise PipelineError(f"gates.{name}.{sorted(unknown)[0]}: unknown rule; known: "
+                                f"{', '.join([*RULES, SIZE_RULE])}")
+        out[str(name)] = {str(k): float(v) for k, v in budget.items()}
     return out
 
 
-def checks(m: dict[str, dict], g: DictConfig) -> list[Check]:
-    base, lora, fp32 = m["torch_base"], m["torch_lora"], m["onnx_fp32"]
-    rows = [
-        Check("torch_lora", "general_ppl", lora["general_ppl"], base["general_ppl"] * (1 + g.max_general_ppl_increase),
-              "<=", f"base {base['general_ppl']:.4g} + {g.max_general_ppl_increase:.0%}"),
-        Check("torch_lora", "general_acc", lora["general_acc"], base["general_acc"] - g.max_general_acc_drop,
-              ">=", f"base {base['general_acc']:.3f} - {g.max_general_acc_drop:.3f}"),
-        Check("torch_lora", "domain_acc", lora["domain_acc"], base["domain_acc"] + g.min_domain_acc_gain,
-              ">=", f"base {base['domain_acc']:.3f} + {g.min_domain_acc_gain:.3f}"),
-    ]
-    for metric in ("domain_ppl", "general_ppl"):  # export parity: the ONNX model is the torch model
-        delta = abs(fp32[metric] / lora[metric] - 1)
-        rows.append(Check("onnx_fp32", f"{metric}_vs_torch", round(delta, 6), g.max_export_ppl_delta, "<=",
-                          f"|onnx_fp32 / torch_lora - 1|, torch {lora[metric]:.4g}"))
-    for rung, budget in (("onnx_int8", g.int8), ("onnx_int4", g.int4)):
-        q = m[rung]
-        for metric in ("domain_ppl", "general_ppl"):
-            rows.append(Check(rung, metric, q[metric], fp32[metric] * (1 + budget.max_ppl_increase), "<=",
-                              f"fp32 {fp32[metric]:.4g} + {budget.max_ppl_increase:.0%}"))
-        for metric in ("domain_acc", "general_acc"):
-            rows.append(Check(rung, metric, q[metric], fp32[metric] - budget.max_acc_drop, ">=",
-                              f"fp32 {fp32[metric]:.3f} - {budget.max_acc_drop:.3f}"))
-    rows.append(Check("onnx_int4", "weights_vs_fp32", m["quant_int4"]["size_vs_fp32"], g.int4.max_size_ratio, "<=",
-                      "INT4 weight bytes / FP32 weight bytes"))
+def checks(items: Mapping[str, dict], summaries: Mapping[str, dict], g: DictConfig, seed: int) -> list[Check]:
+    rows = []
+    for rung, budget in budgets(g).items():
+        reference = RUNGS[rung].reference
+        for rule, limit in budget.items():
+            if rule == SIZE_RULE:
+                continue
+            for metric, statistic, direction, sign in RULES[rule]:
+                mine = items[rung][items_key(metric)]
+                if statistic == "change":
+                    theirs = items[reference][items_key(metric)]
+                    est = change(metric, mine, theirs, g.confidence, seed, g.resamples)
+                    ref_value = value(metric, theirs)
+                else:
+                    est = estimate(metric, mine, g.confidence, seed, g.resamples)
+                    ref_value = None
+                threshold = sign * limit
+                rows.append(Check(rung, reference, metric, statistic, value(metric, mine), ref_value, est, threshold,
+                                  direction, judge(est, threshold, direction)))
+        if SIZE_RULE in budget:  # a measured size, not a sample: no interval
+            ratio = summaries[rung]["size_mb"] / summaries[reference]["size_mb"]
+            est = Estimate(ratio, ratio, ratio, 1)
+            rows.append(Check(rung, reference, "size", "ratio", summaries[rung]["size_mb"],
+                              summaries[reference]["size_mb"], est, budget[SIZE_RULE], "<=",
+                              judge(est, budget[SIZE_RULE], "<=")))
     return rows
 
 
-def markdown(rows: list[Check]) -> str:
-    lines = ["| rung | metric | value | threshold | rule | verdict |", "|---|---|---:|---:|---|---|"]
-    lines += [f"| {c.rung} | {c.metric} | {c.value:.4g} | {c.direction} {c.threshold:.4g} | {c.rule} | "
-              f"{'pass' if c.passed else '**FAIL**'} |" for c in rows]
-    failed = sum(not c.passed for c in rows)
-    verdict = "PASS" if not failed else f"FAIL ({failed} of {len(rows)} checks)"
-    return f"# Release gates: {verdict}\n\n" + "\n".join(lines) + "\n"
+def fmt(x: float | None) -> str:
+    return "" if x is None else f"{x:.4g}"
+
+
+def markdown(rows: list[Check], confidence: float, extra: list[str]) -> str:
+    counts = {v: sum(c.verdict == v for c in rows) for v in (PASS, FAIL, INCONCLUSIVE)}
+    verdict = "PASS" if counts[PASS] == len(rows) else \
+        f"FAIL ({counts[FAIL]} failed, {counts[INCONCLUSIVE]} inconclusive of {len(rows)} checks)"
+    lines = [f"# Release gates: {verdict}", "",
+             f"Each interval end is a one-sided {confidence:.0%} bound (paired bootstrap over the same items); "
+             "a check passes when the bound on the bad side is inside the threshold, fails when the estimate is "
+             "outside, and is inconclusive in between.", "",
+             "| rung | vs | metric | rung | ref | statistic | estimate | interval | threshold | verdict | items |",
+             "|---|---|---|---:|---:|---|---:|---|---:|---|---:|"]
+    for c in rows:
+        e = c.estimate
+        shown = {PASS: "pass", FAIL: "**FAIL**", INCONCLUSIVE: "**inconclusive**"}[c.verdict]
+        need = f" (need ~{c.judgement.items_needed})" if c.judgement.items_needed else ""
+        lines.append(f"| {c.rung} | {c.reference} | {c.metric} | {fmt(c.rung_value)} | {fmt(c.reference_value)} | "
+                     f"{c.statistic} | {e.point:+.4g} | [{e.low:+.4g}, {e.high:+.4g}] | {c.direction} "
+                     f"{c.threshold:+.4g} | {shown}{need} | {e.items} |")
+    return "\n".join([*lines, "", *extra]) + "\n"
+
+
+def adapter_decode_cost(summaries: Mapping[str, dict]) -> dict[str, float]:
+    """Decode speed of each hot-swap adapter rung relative to the merged rung it stands for."""
+    out = {}
+    for name, rung in RUNGS.items():
+        if rung.adapter:
+            merged = name.replace("adapter_", "")
+            out[name] = round(summaries[name]["decode_tok_s"] / summaries[merged]["decode_tok_s"], 3)
+    return out
 
 
 def print_table(rows: list[Check]) -> None:
@@ -93,29 +176,40 @@ def print_table(rows: list[Check]) -> None:
     from rich.table import Table
 
     table = Table(title="Release gates")
-    for column in ("rung", "metric", "value", "threshold", "rule", "verdict"):
-        table.add_column(column, justify="right" if column in ("value", "threshold") else "left")
+    for column in ("rung", "vs", "metric", "estimate", "interval", "threshold", "verdict"):
+        table.add_column(column, justify="right" if column in ("estimate", "threshold") else "left")
+    style = {PASS: "[green]pass[/]", FAIL: "[bold red]FAIL[/]", INCONCLUSIVE: "[bold yellow]inconclusive[/]"}
     for c in rows:
-        table.add_row(c.rung, c.metric, f"{c.value:.4g}", f"{c.direction} {c.threshold:.4g}", c.rule,
-                      "[green]pass[/]" if c.passed else "[bold red]FAIL[/]")
-    Console(width=140).print(table)
+        e = c.estimate
+        table.add_row(c.rung, c.reference, f"{c.metric} {c.statistic}", f"{e.point:+.4g}",
+                      f"[{e.low:+.4g}, {e.high:+.4g}]", f"{c.direction} {c.threshold:+.4g}", style[c.verdict])
+    Console(width=150).print(table)
 
 
 def run(cfg: DictConfig) -> None:
-    metrics = load_metrics()
-    rows = checks(metrics, cfg.gates)
-    failed = [c for c in rows if not c.passed]
-    write_json(layout.GATES_METRICS, {"passed": not failed, "failed_checks": len(failed), "checks": len(rows),
-                                      "details": [{**asdict(c), "passed": c.passed} for c in rows]})
-    write_text(layout.GATES_REPORT, markdown(rows))
-    write_json(layout.LADDER_PLOT, [{"rung": r, **{k: metrics[r][k] for k in ("size_mb", "general_ppl", "domain_acc")}}
-                                    for r in RUNGS])
+    g = cfg.gates
+    if not 0.5 < g.confidence < 1:
+        raise PipelineError(f"gates.confidence={g.confidence}: expected a level in (0.5, 1), e.g. 0.95")
+    summaries = {rung: load_summary(rung) for rung in RUNGS}
+    items = {rung: load_items(rung) for rung in RUNGS}
+    rows = checks(items, summaries, g, cfg.seed)
+    failed = [c for c in rows if c.verdict != PASS]
+    cost = adapter_decode_cost(summaries)
+    extra = ["Adapter path decode speed vs its merged rung: "
+             + ", ".join(f"{name} {ratio:.2f}x" for name, ratio in cost.items())]
+    write_json(layout.GATES_METRICS, {"passed": not failed, "failed_checks": sum(c.verdict == FAIL for c in rows),
+                                      "inconclusive_checks": sum(c.verdict == INCONCLUSIVE for c in rows),
+                                      "checks": len(rows), "confidence": g.confidence,
+                                      "adapter_decode_vs_merged": cost, "details": [c.as_dict() for c in rows]})
+    write_text(layout.GATES_REPORT, markdown(rows, g.confidence, extra))
+    write_json(layout.LADDER_PLOT, [{"rung": r, **{k: summaries[r][k] for k in ("size_mb", "general_ppl",
+                                                                             "domain_acc")}} for r in RUNGS])
     print_table(rows)
     for c in failed:
         log.error("%s", c.describe())
-    if failed and cfg.gates.strict:
+    if failed and g.strict:
         sys.exit(1)
-    log.info("gates: %s", "all passed" if not failed else f"{len(failed)} breached (gates.strict=false: recorded)")
+    log.info("gates: %s", "all passed" if not failed else f"{len(failed)} not passed (gates.strict=false: recorded)")
 
 
 main = stage_main(run)

@@ -22,7 +22,7 @@ from omegaconf import DictConfig
 
 from stages.common import layout
 from stages.common.atomic import atomic_path, write_json
-from stages.common.checkpoint import load_causal_lm, load_tokenizer, torch_dtype
+from stages.common.checkpoint import base_checkpoint, load_causal_lm, load_tokenizer, torch_dtype
 from stages.common.errors import PipelineError
 from stages.common.lora import (
     batches,
@@ -52,7 +52,7 @@ def pairs(rows: list[dict], answer_field: str) -> list[tuple[str, str]]:
 def load_for_training(cfg: DictConfig):
     """The base in the profile's dtype, or 4-bit NF4 for QLoRA (GPU + bitsandbytes only)."""
     if not cfg.train.qlora:
-        return load_causal_lm(cfg.model.path, cfg.model.dtype, "cpu")
+        return load_causal_lm(base_checkpoint(cfg), cfg.model.dtype, "cpu")
     if not torch.cuda.is_available():
         raise PipelineError("train.qlora=true needs a CUDA GPU (bitsandbytes NF4); none is visible")
     try:
@@ -64,7 +64,7 @@ def load_for_training(cfg: DictConfig):
 
     quant = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
                                bnb_4bit_compute_dtype=torch_dtype(cfg.model.dtype))
-    model = AutoModelForCausalLM.from_pretrained(cfg.model.path, quantization_config=quant, local_files_only=True)
+    model = AutoModelForCausalLM.from_pretrained(base_checkpoint(cfg), quantization_config=quant, local_files_only=True)
     return prepare_model_for_kbit_training(model, use_gradient_checkpointing=cfg.train.gradient_checkpointing)
 
 
@@ -81,7 +81,7 @@ def run(cfg: DictConfig) -> None:
     start = time.perf_counter()
 
     # Data: the clean domain set, a general mix, and the held-out domain set for validation.
-    tokenizer = load_tokenizer(cfg.model.path)
+    tokenizer = load_tokenizer(base_checkpoint(cfg))
     domain = pairs(read_jsonl(layout.CLEAN_TRAIN, "instruction"), "response")
     general = pairs(read_jsonl(cfg.data.general_task_train, "instruction"), "response")
     train_set = encode(tokenizer, mix_general(domain, general, t.general_mix, cfg.seed), t.max_seq_len)
@@ -176,7 +176,7 @@ def merge_into_base(cfg: DictConfig, adapter_dir):
     must not be what ships)."""
     from peft import PeftModel
 
-    base = load_causal_lm(cfg.model.path, cfg.model.dtype, "cpu")
+    base = load_causal_lm(base_checkpoint(cfg), cfg.model.dtype, "cpu")
     merged = PeftModel.from_pretrained(base, str(adapter_dir)).merge_and_unload()
     merged.generation_config = base.generation_config
     return merged

@@ -11,7 +11,8 @@ from stages.common.chat import prompt_ids, stop_token_ids
 from stages.common.checkpoint import load_causal_lm, load_tokenizer
 from stages.common.errors import PipelineError
 from stages.common.genai import GenaiModel
-from stages.common.lm import torch_greedy, torch_logits
+from stages.common.language_model import TorchModel
+from stages.common.lm import torch_logits
 from stages.common.onnx_models import (
     ADAPTER_FILE,
     adapter_weights_from_peft,
@@ -46,7 +47,7 @@ def test_fp32_matches_torch_logits_and_greedy_output(ladder_workspace):
     for prompt in prompts():
         ids = prompt_ids(tokenizer, prompt)
         np.testing.assert_allclose(onnx.logits(ids), torch_logits(torch_model, ids), atol=1e-4, rtol=0)
-        assert onnx.greedy(ids, 12, stop) == torch_greedy(torch_model, ids, 12, stop)
+        assert onnx.greedy(ids, 12, stop) == TorchModel(layout.MERGED_DIR).greedy(ids, 12, stop)
     # chunked appends give the same logits as one append (long texts go in chunks)
     long_ids = [t for p in prompts() for t in prompt_ids(tokenizer, p)][:200]
     np.testing.assert_allclose(onnx.logits(long_ids, chunk=64), onnx.logits(long_ids), atol=1e-4, rtol=0)

@@ -84,3 +84,12 @@ def load_causal_lm(path: str | Path, dtype: str = "float32", device: str = "cpu"
     validate_checkpoint(path)
     model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch_dtype(dtype), local_files_only=True)
     return model.to(device).eval()
+
+
+def base_checkpoint(cfg) -> Path:
+    """The base model's folder: models/base when the base stage builds it (model.build=true, the
+    tiny profile), else the local checkpoint at model.path, which the base stage only fingerprints."""
+    from stages.common import layout
+    from stages.common.params import required
+
+    return layout.BASE_DIR if cfg.model.build else Path(str(required(cfg, "model.path")))

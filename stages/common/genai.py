@@ -1,15 +1,19 @@
-"""onnxruntime-genai, the real consumer of every ONNX rung: full logits, greedy answers, adapters."""
+"""onnxruntime-genai, the real consumer of every ONNX rung: full logits, greedy answers, timed
+decoding and hot-swapped adapters, behind the LanguageModel interface (language_model.py)."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
 
+from stages.common.language_model import take_until_stop, time_steps
+
 
 class GenaiModel:
-    """One loaded rung folder; `adapter` names an .onnx_adapter file to activate (hot swap).
+    """One loaded rung folder. `adapter_files` are loaded by name (their file stem) and can be
+    switched per call; `active` names the one used when a call names none (None: the base).
 
     `provider` runs it on another execution provider than the one it was exported for (e.g. a
     CUDA build on "cpu"); None keeps genai_config.json's."""
@@ -27,6 +31,7 @@ class GenaiModel:
         self.model = og.Model(config)
         self.adapters = None  # created on the first load_adapter
         self.adapter_names: list[str] = []
+        self.active: str | None = None
         for path in adapter_files:
             self.load_adapter(Path(path), Path(path).stem)
 
@@ -41,6 +46,7 @@ class GenaiModel:
         params = self.og.GeneratorParams(self.model)
         params.set_search_options(max_length=max_length, min_length=min_length, do_sample=False)
         generator = self.og.Generator(self.model, params)
+        adapter = adapter or self.active
         if adapter is not None:
             generator.set_active_adapter(self.adapters, adapter)
         return generator
@@ -55,17 +61,24 @@ class GenaiModel:
             parts.append(np.asarray(generator.get_output("logits"))[0].astype(np.float32))
         return np.concatenate(parts)
 
+    def logits_batch(self, batch: Sequence[Sequence[int]]) -> list[np.ndarray]:
+        return [self.logits(ids) for ids in batch]
+
+    def _steps(self, prompt: Sequence[int], new_tokens: int, adapter: str | None, fixed: bool) -> Iterator[int]:
+        """Yields None after the prefill, then each generated token (at most `new_tokens`)."""
+        total = len(prompt) + new_tokens
+        generator = self.generator(adapter, total, min_length=total if fixed else 0)
+        generator.append_tokens(list(prompt))
+        yield None
+        while not generator.is_done():
+            generator.generate_next_token()
+            yield int(generator.get_next_tokens()[0])
+
     def greedy(self, prompt: Sequence[int], max_new_tokens: int, stop_ids: Sequence[int],
                adapter: str | None = None) -> list[int]:
-        """Greedy continuation, stopping at a stop token (not returned), as torch_greedy does."""
-        generator = self.generator(adapter, max_length=len(prompt) + max_new_tokens)
-        generator.append_tokens(list(prompt))
-        out: list[int] = []
-        while not generator.is_done() and len(out) < max_new_tokens:
-            generator.generate_next_token()
-            token = int(generator.get_next_tokens()[0])
-            if token in stop_ids:
-                break
-            out.append(token)
-        return out
+        steps = self._steps(prompt, max_new_tokens, adapter, fixed=False)
+        next(steps)
+        return take_until_stop(steps, max_new_tokens, stop_ids)
 
+    def timed_decode(self, prompt: Sequence[int], new_tokens: int) -> tuple[float, list[float]]:
+        return time_steps(self._steps(prompt, new_tokens, None, fixed=True), new_tokens)

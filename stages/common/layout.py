@@ -15,6 +15,7 @@ ADAPTER_DIR = LORA_DIR / "adapter"
 MERGED_DIR = LORA_DIR / "merged"
 TRAIN_METRICS = Path("metrics/train.json")
 TRAIN_LIVE_DIR = Path("metrics/train")
+TRAIN_PLOTS = TRAIN_LIVE_DIR / "plots" / "metrics"  # where dvclive writes the curves dvc.yaml plots
 
 ONNX_DIR = Path("models/onnx")
 ONNX_FP32 = ONNX_DIR / "fp32"
@@ -26,6 +27,7 @@ QUANT_INT8_METRICS = Path("metrics/quant_int8.json")
 QUANT_INT4_METRICS = Path("metrics/quant_int4.json")
 EXPORT_METRICS = Path("metrics/export.json")
 EVAL_METRICS_DIR = Path("metrics/eval")
+EVAL_ITEMS_DIR = EVAL_METRICS_DIR / "items"  # per-item results, committed: review pairs revisions on them
 GATES_METRICS = Path("metrics/gates.json")
 GATES_REPORT = Path("reports/gates.md")
 LADDER_PLOT = Path("metrics/ladder.json")

@@ -9,25 +9,39 @@ from collections.abc import Sequence
 import numpy as np
 
 
-def text_windows(tokenizer, texts: Sequence[str], window: int) -> list[list[int]]:
-    """Each text tokenized (plus end-of-text) and cut into windows of at most `window` tokens;
+def document_windows(tokenizer, text: str, window: int) -> list[list[int]]:
+    """A text tokenized (plus end-of-text) and cut into windows of at most `window` tokens;
     windows shorter than 2 tokens score nothing and are dropped."""
-    out: list[list[int]] = []
-    for text in texts:
-        ids = tokenizer(text, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
-        out += [ids[i : i + window] for i in range(0, len(ids), window) if len(ids[i : i + window]) > 1]
-    return out
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+    return [ids[i : i + window] for i in range(0, len(ids), window) if len(ids[i : i + window]) > 1]
+
+
+def text_windows(tokenizer, texts: Sequence[str], window: int) -> list[list[int]]:
+    return [w for text in texts for w in document_windows(tokenizer, text, window)]
 
 
 def window_nll(logits: np.ndarray, ids: Sequence[int], score_from: int = 1) -> tuple[float, int]:
     """Summed NLL of ids[score_from:] given logits (len(ids), vocab) for each position, and the
     count. score_from = len(prompt) scores an answer given its prompt."""
     score_from = max(score_from, 1)
-    logits = np.asarray(logits, dtype=np.float64)[score_from - 1 : -1]
+    log_p = log_softmax(np.asarray(logits)[score_from - 1 : -1])
     target = np.asarray(ids[score_from:])
+    return float(-log_p[np.arange(len(target)), target].sum()), len(target)
+
+
+def log_softmax(logits: np.ndarray, dtype=np.float64) -> np.ndarray:
+    logits = np.asarray(logits, dtype=dtype)
     peak = logits.max(axis=-1, keepdims=True)
-    log_z = np.log(np.exp(logits - peak).sum(axis=-1)) + peak[:, 0]
-    return float((log_z - logits[np.arange(len(target)), target]).sum()), len(target)
+    return logits - peak - np.log(np.exp(logits - peak).sum(axis=-1, keepdims=True))
+
+
+def next_token_fidelity(reference: np.ndarray, logits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per position: KL(p_reference || p) in nats, and whether both put the same token first
+    (how llama.cpp's --kl-divergence scores a quant against its float model)."""
+    # float32 is enough here (KL of equal rows is exactly 0) and halves the cost over the vocabulary.
+    log_p, log_q = log_softmax(reference, np.float32), log_softmax(logits, np.float32)
+    kl = (np.exp(log_p) * (log_p - log_q)).sum(axis=-1)
+    return np.maximum(kl, 0.0), reference.argmax(axis=-1) == np.asarray(logits).argmax(axis=-1)
 
 
 def perplexity(nll_sum: float, count: int) -> float:
@@ -49,14 +63,3 @@ def torch_perplexity(model, windows: Sequence[Sequence[int]]) -> float:
         nll, n = window_nll(torch_logits(model, ids), ids)
         total, count = total + nll, count + n
     return perplexity(total, count)
-
-
-def torch_greedy(model, prompt: Sequence[int], max_new_tokens: int, stop_ids: Sequence[int]) -> list[int]:
-    """Greedy continuation of `prompt` (token ids), stopping at a stop token (not returned)."""
-    import torch
-
-    with torch.no_grad():
-        out = model.generate(torch.tensor([list(prompt)], device=model.device), max_new_tokens=max_new_tokens,
-                             do_sample=False, eos_token_id=list(stop_ids), pad_token_id=stop_ids[0])
-    new = out[0, len(prompt):].tolist()
-    return new[: next((i for i, t in enumerate(new) if t in stop_ids), len(new))]
