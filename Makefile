@@ -23,7 +23,9 @@ help: ## this list
 $(STAMP): requirements.lock
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	# torch first and alone: 2.13.0 is the CPU wheel here; anything else pulls GBs of CUDA.
+	# torch first and alone, so no later requirement picks another build. Where no CPU wheel of
+	# 2.13.0 is at hand locally, pip's default is a CUDA build (GBs): install torch from
+	# PyTorch's CPU index first if you want the CPU one.
 	$(BIN)/python -m pip install -q torch==2.13.0
 	$(BIN)/python -m pip install -q -r requirements.lock
 	touch $@
@@ -43,7 +45,7 @@ repro: params ## run the whole pipeline on the embedded default (dvc repro)
 test: $(STAMP) ## run every test (slow end-to-end ones included)
 	$(BIN)/python -m pytest
 
-test-fast: $(STAMP) ## the quick tests only (no real stage runs)
+test-fast: $(STAMP) ## the quick tests only (skips the slow end-to-end runs of real stages)
 	$(BIN)/python -m pytest -m "not slow"
 
 lint: $(STAMP) ## ruff

@@ -190,7 +190,7 @@ def edit_words(text: str, rng: random.Random, edits: int) -> str:
 
 
 # Eval sets sized to resolve the gates' margins (data/README.md, "Sizing the eval sets").
-GENERAL_TEST_ITEMS = 2000
+GENERAL_TEST_ITEMS = 1000
 DOMAIN_TEST_ITEMS = 1000
 
 

@@ -5,10 +5,15 @@ data.train (raw instruction records) ->
      share of one eval record's 7-grams (the Phi-4 report's hybrid decontamination);
   2. exact duplicates: the same text after NFKC, case folding and whitespace folding;
   3. near duplicates: datasketch MinHash signatures (sharded over worker processes) + LSH,
-     confirmed by exact Jaccard on word shingles; the first record of a group is kept.
+     confirmed by exact Jaccard on word shingles and by the same-task checks (the answers
+     agree, no number swapped; textdedup.same_task); the first record of a group is kept.
 A record is removed for the first reason that applies, leaks first (the most serious).
 -> data/clean/train.jsonl, data/clean/removed.jsonl (reason and matched id), metrics/dedup.json
    (with recall and precision per planted kind when data.ground_truth names a file).
+
+The same duplicate finder also runs on dedup.benchmark, a labelled set of short instruction
+records (data/bench/), whatever data set is chosen: metrics/dedup.json then shows what the
+chosen params do where word shingles mislead most, beside what they did to your data.
 """
 
 from __future__ import annotations
@@ -59,6 +64,32 @@ def load_eval_sets(eval_paths: DictConfig) -> dict[str, list[dict]]:
     return {name: read_jsonl(path, record_kind(path)) for name, path in eval_paths.items()}
 
 
+def find_duplicates(records: list[dict], p: DictConfig, removed: dict[int, dict]) -> float:
+    """Exact, then near duplicates among `records`, added to `removed` (index -> reason and
+    matched id) for records not already in it. Returns the signature step's seconds."""
+    texts = [record_text(r) for r in records]
+    for i, j in exact_duplicates(texts).items():
+        if i not in removed:
+            removed[i] = {"reason": "exact_duplicate", "matched": records[j]["id"]}
+    shingle_sets = [shingles(words(t), p.shingle_size) for t in texts]
+    start = time.perf_counter()
+    sigs = signatures(shingle_sets, p.num_perm, p.workers, p.shard_size)
+    seconds = time.perf_counter() - start
+    for i, (j, score) in near_duplicates(records, shingle_sets, sigs, p.threshold, tuple(p.lsh_weights),
+                                         p.same_task.answers, p.same_task.numbers, skip=removed).items():
+        removed[i] = {"reason": "near_duplicate", "matched": records[j]["id"], "jaccard": round(score, 4)}
+    return seconds
+
+
+def benchmark(p: DictConfig) -> dict[str, dict]:
+    """The params' recall and precision on the labelled short-record set."""
+    records = read_jsonl(p.benchmark.records, "instruction")
+    removed: dict[int, dict] = {}
+    find_duplicates(records, p, removed)
+    rows = [{"id": records[i]["id"], **removed[i]} for i in sorted(removed)]
+    return score_against_truth(rows, read_jsonl(p.benchmark.truth, "ground_truth"))
+
+
 def run(cfg: DictConfig) -> None:
     p = cfg.dedup
     check_params(p)
@@ -78,17 +109,7 @@ def run(cfg: DictConfig) -> None:
             leaks_per_set[set_name] += 1
             removed[i] = {"reason": "eval_leak", "matched": eval_id, "eval_set": set_name, "match": how}
 
-    for i, j in exact_duplicates(texts).items():
-        if i not in removed:
-            removed[i] = {"reason": "exact_duplicate", "matched": train[j]["id"]}
-
-    shingle_sets = [shingles(words(t), p.shingle_size) for t in texts]
-    start = time.perf_counter()
-    sigs = signatures(shingle_sets, p.num_perm, p.workers, p.shard_size)
-    sig_seconds = time.perf_counter() - start
-    for i, (j, score) in near_duplicates(shingle_sets, sigs, p.threshold, tuple(p.lsh_weights),
-                                         skip=removed).items():
-        removed[i] = {"reason": "near_duplicate", "matched": train[j]["id"], "jaccard": round(score, 4)}
+    sig_seconds = find_duplicates(train, p, removed)
 
     clean = [r for i, r in enumerate(train) if i not in removed]
     removed_rows = [{"id": train[i]["id"], **removed[i]} for i in sorted(removed)]
@@ -105,15 +126,18 @@ def run(cfg: DictConfig) -> None:
     if cfg.data.ground_truth and Path(cfg.data.ground_truth).is_file():
         planted = read_jsonl(cfg.data.ground_truth, "ground_truth")
         metrics["ground_truth"] = score_against_truth(removed_rows, planted)
+    if p.benchmark.records:
+        metrics["short_records_benchmark"] = benchmark(p)
 
     write_jsonl(layout.CLEAN_TRAIN, clean)
     write_jsonl(layout.REMOVED, removed_rows)
     write_json(layout.DEDUP_METRICS, metrics)
     log.info("dedup: %d in, %d out; removed %s; leaks per eval set %s", len(train), len(clean),
              metrics["removed"], leaks_per_set)
-    for kind, score in metrics.get("ground_truth", {}).items():
-        log.info("  %-16s recall %.3f precision %.3f (%d planted)", kind, score["recall"], score["precision"],
-                 score["planted"])
+    for where in ("ground_truth", "short_records_benchmark"):
+        for kind, score in metrics.get(where, {}).items():
+            log.info("  %s %-16s recall %.3f precision %.3f (%d planted)", where, kind, score["recall"],
+                     score["precision"], score["planted"])
 
 
 main = stage_main(run)

@@ -15,6 +15,7 @@ disk, and speed (prefill tokens/s, decode tokens/s, per-token latency p50/p95).
 
 from __future__ import annotations
 
+import json
 import sys
 from collections.abc import Sequence
 
@@ -22,7 +23,7 @@ import numpy as np
 from omegaconf import DictConfig
 
 from stages.common import layout
-from stages.common.atomic import write_json
+from stages.common.atomic import write_json, write_text
 from stages.common.chat import prompt_ids, response_ids, stop_token_ids
 from stages.common.checkpoint import base_checkpoint, load_tokenizer
 from stages.common.errors import PipelineError
@@ -172,11 +173,20 @@ def evaluate_rung(rung: Rung, cfg: DictConfig) -> tuple[dict, dict]:
     return metrics, items
 
 
+def items_json(items: dict[str, dict]) -> str:
+    """Valid JSON with one item per line: a reviewer's diff shows the items that changed."""
+    blocks = []
+    for metric in sorted(items):
+        rows = ",\n".join(f"    {json.dumps(k)}: {json.dumps(v)}" for k, v in sorted(items[metric].items()))
+        blocks.append(f"  {json.dumps(metric)}: {{\n{rows}\n  }}")
+    return "{\n" + ",\n".join(blocks) + "\n}\n"
+
+
 def run(cfg: DictConfig, rung_name: str) -> None:
     if rung_name not in RUNGS:
         raise PipelineError(f"unknown rung {rung_name!r}; expected one of {', '.join(RUNGS)}")
     metrics, items = evaluate_rung(RUNGS[rung_name], cfg)
-    write_json(layout.EVAL_ITEMS_DIR / f"{rung_name}.json", items)
+    write_text(layout.EVAL_ITEMS_DIR / f"{rung_name}.json", items_json(items))
     write_json(layout.EVAL_METRICS_DIR / f"{rung_name}.json", metrics)
     log.info("%s: %s", rung_name, {k: v for k, v in metrics.items() if k not in ("items", "seconds")})
 

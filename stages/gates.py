@@ -42,7 +42,9 @@ RULES: dict[str, tuple[tuple[str, str, str, int], ...]] = {
     "max_kl": (("kl", "value", "<=", 1),),
     "min_top1": (("top1", "value", ">=", 1),),
 }
-SIZE_RULE = "max_size_ratio"
+# Measured, not sampled (no interval): bytes on disk against the reference's, and the 99th
+# percentile of per-token KL (the tail that a mean hides: a few tokens the quant gets badly wrong).
+SIZE_RULE, KL_TAIL_RULE = "max_size_ratio", "max_kl_p99"
 SETTINGS = ("strict", "confidence", "resamples")
 
 
@@ -101,10 +103,10 @@ def budgets(g: DictConfig) -> dict[str, dict[str, float]]:
         if name not in RUNGS or RUNGS[name].reference is None:
             raise PipelineError(f"gates.{name}: not a rung with a reference; budgets are keyed by rung "
                                 f"({', '.join(r for r in RUNGS if RUNGS[r].reference)})")
-        unknown = set(budget) - set(RULES) - {SIZE_RULE}
+        unknown = set(budget) - set(RULES) - {SIZE_RULE, KL_TAIL_RULE}
         if unknown:
             raise PipelineError(f"gates.{name}.{sorted(unknown)[0]}: unknown rule; known: "
-                                f"{', '.join([*RULES, SIZE_RULE])}")
+                                f"{', '.join([*RULES, SIZE_RULE, KL_TAIL_RULE])}")
         out[str(name)] = {str(k): float(v) for k, v in budget.items()}
     return out
 
@@ -114,7 +116,7 @@ def checks(items: Mapping[str, dict], summaries: Mapping[str, dict], g: DictConf
     for rung, budget in budgets(g).items():
         reference = RUNGS[rung].reference
         for rule, limit in budget.items():
-            if rule == SIZE_RULE:
+            if rule in (SIZE_RULE, KL_TAIL_RULE):
                 continue
             for metric, statistic, direction, sign in RULES[rule]:
                 mine = items[rung][items_key(metric)]
@@ -134,6 +136,11 @@ def checks(items: Mapping[str, dict], summaries: Mapping[str, dict], g: DictConf
             rows.append(Check(rung, reference, "size", "ratio", summaries[rung]["size_mb"],
                               summaries[reference]["size_mb"], est, budget[SIZE_RULE], "<=",
                               judge(est, budget[SIZE_RULE], "<=")))
+        if KL_TAIL_RULE in budget:
+            tail = summaries[rung]["kl_p99"]
+            est = Estimate(tail, tail, tail, 1)
+            rows.append(Check(rung, reference, "kl_p99", "value", tail, None, est, budget[KL_TAIL_RULE], "<=",
+                              judge(est, budget[KL_TAIL_RULE], "<=")))
     return rows
 
 

@@ -5,7 +5,7 @@
   The builder keeps a tied embedding (Phi-4-mini's) as a float copy; with quantize_embedding it
   reads the INT8 lm_head bytes instead (GatherBlockQuantized, 8 bits), one table instead of two.
 - `dynamic`: quantize_dynamic(per_channel=True, weight_type=QInt8) on the FP32 rung (the
-  playbook's route), saved canonically.
+  route onnxruntime documents for CPU INT8), saved canonically.
 """
 
 from __future__ import annotations

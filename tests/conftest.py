@@ -16,11 +16,16 @@ from stages.common.params import REPO_ROOT, compose
 os.environ.setdefault("PROGRESS", "0")
 
 
+def copy_data(root: Path) -> None:
+    """The committed data a pipeline run reads: embedded sets and the dedup benchmark."""
+    for part in ("raw", "eval", "bench"):
+        shutil.copytree(REPO_ROOT / "data" / part, root / "data" / part)
+
+
 @pytest.fixture
 def workspace(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """tmp_path as the working directory, with the embedded data copied in."""
-    shutil.copytree(REPO_ROOT / "data" / "raw", tmp_path / "data" / "raw")
-    shutil.copytree(REPO_ROOT / "data" / "eval", tmp_path / "data" / "eval")
+    copy_data(tmp_path)
     monkeypatch.chdir(tmp_path)
     return tmp_path
 
@@ -49,8 +54,7 @@ def tiny_stages(tmp_path_factory) -> Path:
     from stages import base, dedup
 
     root = tmp_path_factory.mktemp("tiny")
-    shutil.copytree(REPO_ROOT / "data" / "raw", root / "data" / "raw")
-    shutil.copytree(REPO_ROOT / "data" / "eval", root / "data" / "eval")
+    copy_data(root)
     cwd = Path.cwd()
     os.chdir(root)
     try:

@@ -108,9 +108,9 @@ def test_params_out_of_range(workspace, override, message):
     assert message in str(err.value)
 
 
-def test_users_own_jsonl_files_are_cleaned_against_their_eval_sets(tmp_path, monkeypatch):
+def test_users_own_jsonl_files_are_cleaned_against_their_eval_sets(workspace):
     """data=jsonl: the user's train/eval files, same contracts, decontaminated against each set."""
-    monkeypatch.chdir(tmp_path)
+    tmp_path = workspace
     leak = "Summarize the quarterly revenue report for the north east region and list three risks"
     train = [{"id": f"t{i}", "prompt": f"Question {i} about invoices number {i * 37}", "response": f"answer {i}"}
              for i in range(30)]
@@ -129,3 +129,78 @@ def test_users_own_jsonl_files_are_cleaned_against_their_eval_sets(tmp_path, mon
     assert metrics["records_in"] == 32 and metrics["records_out"] == 30
     assert metrics["leaks_per_eval_set"]["domain_test"] == 1 and metrics["removed"]["exact_duplicate"] == 1
     assert "ground_truth" not in metrics
+    assert metrics["short_records_benchmark"]["near_duplicate"]["planted"] == 90  # the params, scored alike
+
+
+def test_short_records_near_misses_are_kept_and_copies_removed(workspace):
+    """The labelled short-record set (data/bench/), scored on the real stage output: no distinct
+    task removed (precision >= 0.95; measured 1.0), most re-submissions caught (recall measured
+    0.81: the rest are one-word typos in five-word prompts, data/README.md). The old default
+    (threshold 0.5, no same-task checks) removed distinct tasks."""
+    bench = run_dedup()["short_records_benchmark"]
+    assert bench["near_duplicate"]["precision"] >= 0.95 and bench["near_duplicate"]["recall"] >= 0.8
+    assert bench["exact_duplicate"] == {**bench["exact_duplicate"], "recall": 1.0, "precision": 1.0}
+    old = run_dedup(["dedup.threshold=0.5", "dedup.same_task.answers=false", "dedup.same_task.numbers=false"])
+    assert old["short_records_benchmark"]["near_duplicate"]["precision"] < 0.85
+
+
+def test_same_task_checks():
+    from stages.common.textdedup import answers_agree, numbers_agree
+
+    km = {"prompt": "Convert 3 km to miles.", "response": "1.86 miles"}
+    assert not answers_agree(km, {"prompt": "Convert 30 km to miles.", "response": "18.64 miles"})
+    assert answers_agree(km, {"prompt": "Convert 3 km to miles please.", "response": "The answer is 1.86 miles."})
+    add = {"prompt": "Add 14 and 12.", "response": "26"}
+    assert not numbers_agree(add, {"prompt": "Add 14 and 21.", "response": "26"})  # a swapped parameter
+    assert numbers_agree(add, {"prompt": "Please add 14 and 12.", "response": "26"})
+    assert numbers_agree({"prompt": "Ticket 1 ext. 22 is down", "response": "x"},
+                         {"prompt": "Ticket 1 ext. now is down", "response": "x"})  # a figure dropped, not swapped
+
+
+def test_honest_precision_needs_the_labelled_pair():
+    """A removal is right only when it matched its own labelled group, not any planted record."""
+    from stages.common.textdedup import score_against_truth
+
+    planted = [{"id": "c1", "kind": "near_duplicate", "of": "o1"}, {"id": "c2", "kind": "near_duplicate", "of": "c1"}]
+    removed = [{"id": "c1", "reason": "near_duplicate", "matched": "o2"},  # planted, but wrong partner
+               {"id": "c2", "reason": "near_duplicate", "matched": "o1"}]  # right: c2 ~ c1 ~ o1
+    score = score_against_truth(removed, planted)["near_duplicate"]
+    assert score["precision"] == 0.5 and score["true_positives"] == 1
+
+
+def test_a_stage_run_by_hand_refuses_overrides_it_cannot_honour(workspace):
+    from stages.common.params import write_params
+
+    write_params([])
+    for override, message in [("data=jsonl", "config group choice"),
+                              ("data.raw_dir=mine", "feeds data.general_corpus, data.general_task_train")]:
+        with pytest.raises(SystemExit) as exit_info:
+            dedup.main([override])
+        assert exit_info.value.code == 2
+        with pytest.raises(PipelineError, match=message) as err:
+            from stages.common.params import load_params
+
+            load_params([override])
+        assert "make params OVERRIDES=" in str(err.value) and "dvc exp run -S" in str(err.value)
+    assert not layout.CLEAN_DIR.exists()
+    dedup.main(["dedup.threshold=0.7"])  # a plain key still works
+    assert layout.CLEAN_TRAIN.is_file()
+
+
+@pytest.mark.parametrize(("raw", "error"), [
+    ("latin1", r"domain_train.jsonl:3: not UTF-8 \(byte 0xe9 at byte offset \d+ of the file\)"),
+    ("bom", None),
+])
+def test_undecodable_files_are_clear_errors_and_a_bom_is_read(workspace, raw, error):
+    path = workspace / "data/raw/domain_train.jsonl"
+    lines = path.read_bytes().splitlines(keepends=True)
+    if raw == "latin1":
+        record = json.dumps({"id": "x", "prompt": "café", "response": "r"}, ensure_ascii=False)
+        lines[2] = record.encode("latin-1") + b"\n"
+        path.write_bytes(b"".join(lines))
+        with pytest.raises(PipelineError, match=error):
+            run_dedup()
+        assert not layout.CLEAN_DIR.exists() and not layout.DEDUP_METRICS.exists()
+    else:
+        path.write_bytes(b"\xef\xbb\xbf" + b"".join(lines))
+        assert run_dedup()["records_in"] == len(lines)

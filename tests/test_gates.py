@@ -42,7 +42,7 @@ def write_ladder(items: dict[str, dict]) -> None:
         write_json(layout.EVAL_ITEMS_DIR / f"{name}.json", rung_items)
         size = 2.0 if "int4" in name else 10.0
         write_json(layout.EVAL_METRICS_DIR / f"{name}.json",
-                   {"size_mb": size, "decode_tok_s": 100.0, "general_ppl": 1.0, "domain_acc": 1.0})
+                   {"size_mb": size, "decode_tok_s": 100.0, "general_ppl": 1.0, "domain_acc": 1.0, "kl_p99": 0.0})
 
 
 def lora_general(base_right_lora_wrong: int, lora_right_base_wrong: int) -> list[int]:

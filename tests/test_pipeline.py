@@ -103,3 +103,22 @@ def test_a_queued_experiment_runs_and_shows_its_metrics(repo):
     assert data["params"]["params.yaml"]["data"]["train"]["kl_beta"] == 0.3
     for metric_file in ("metrics/train.json", "metrics/eval/onnx_int4.json", "metrics/gates.json"):
         assert data["metrics"][metric_file]["data"], metric_file
+
+
+def test_review_pairs_two_revisions_on_their_committed_items(repo):
+    """A commit that changes train.kl_beta: `make review` pairs its per-item files with the
+    previous commit's and prints an interval for each gated metric."""
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t"]
+    sh(repo, *git, "add", "-A")
+    sh(repo, *git, "commit", "-qm", "before", "--allow-empty")
+    stale(repo, "train.kl_beta=0.05", "train.lr=5e-3")
+    sh(repo, "dvc", "repro")
+    sh(repo, *git, "add", "-A")
+    sh(repo, *git, "commit", "-qm", "beta 0.05")
+    venv = Path(sys.executable).parent.parent
+    out = sh(repo, "make", "--no-print-directory", "review", "REV=HEAD~1", f"VENV={venv}")
+    rows = [line for line in out.splitlines() if line.startswith("| torch_lora | general_ppl |")]
+    assert rows and "paired" in rows[0], out[:3000]
+    before, after = (float(x) for x in rows[0].split("|")[3:5])
+    assert before != after  # the new beta moved it, and the row shows both revisions
+    assert "| onnx_int4 | kl |" in out and "# Release gates:" in out and "## All metrics vs HEAD~1" in out

@@ -46,7 +46,7 @@ def test_same_seed_same_adapter_bytes(trained_workspace):
 
 def test_adapter_config_is_canonical(tmp_path):
     """peft holds target_modules as a set: its order follows the process's hash seed."""
-    from stages.common.lora import save_adapter
+    from stages.common.finetune import save_adapter
 
     class FakePeft:
         def save_pretrained(self, out, safe_serialization):

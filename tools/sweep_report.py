@@ -22,6 +22,13 @@ def _metric(data: dict, path: str, key: str):
     return (data.get("metrics", {}).get(path, {}).get("data") or {}).get(key)
 
 
+def gate_interval(data: dict, rung: str, metric: str) -> tuple[float, float] | None:
+    """How far the interval of a gated change reaches below and above its estimate (gates.json)."""
+    details = _metric(data, "metrics/gates.json", "details") or []
+    row = next((d for d in details if d.get("rung") == rung and d.get("metric") == metric and "low" in d), None)
+    return (row["point"] - row["low"], row["high"] - row["point"]) if row else None
+
+
 def points(exp_show: list[dict]) -> list[dict]:
     """One row per experiment (and the workspace/baseline), from `dvc exp show --json`."""
     rows = []
@@ -41,6 +48,8 @@ def points(exp_show: list[dict]) -> list[dict]:
             "val_kl": _metric(data, "metrics/train.json", "val_kl"),
             "int4_domain_acc": _metric(data, "metrics/eval/onnx_int4.json", "domain_acc"),
             "gates_passed": _metric(data, "metrics/gates.json", "passed"),
+            "domain_acc_err": gate_interval(data, "torch_lora", "domain_acc"),
+            "general_ppl_err": gate_interval(data, "torch_lora", "general_ppl"),
         })
 
     for commit in exp_show:
@@ -76,15 +85,23 @@ def plot(rows: list[dict], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, (acc_ax, ppl_ax) = plt.subplots(1, 2, figsize=(10, 4))
+    def errors(pts: list[dict], key: str, scale: float):
+        """Asymmetric error bars from each point's gate interval (none for an older experiment)."""
+        if not all(p[key] for p in pts):
+            return None
+        return [[scale * p[key][0] for p in pts], [scale * p[key][1] for p in pts]]
+
     for r in sorted({p["r"] for p in rows}):
         pts = [p for p in rows if p["r"] == r]
-        acc_ax.plot([p["beta"] for p in pts], [p["domain_acc"] for p in pts], "o-", label=f"r={r}")
-        ppl_ax.plot([p["beta"] for p in pts], [100 * p["general_ppl_change"] for p in pts], "o-", label=f"r={r}")
+        acc_ax.errorbar([p["beta"] for p in pts], [p["domain_acc"] for p in pts], yerr=errors(pts, "domain_acc_err", 1),
+                        fmt="o-", capsize=3, label=f"r={r}")
+        ppl_ax.errorbar([p["beta"] for p in pts], [100 * p["general_ppl_change"] for p in pts],
+                        yerr=errors(pts, "general_ppl_err", 100), fmt="o-", capsize=3, label=f"r={r}")
     top = best(rows)
     if top:
         acc_ax.plot([top["beta"]], [top["domain_acc"]], "*", markersize=16, color="gold", label="best passing")
         ppl_ax.plot([top["beta"]], [100 * top["general_ppl_change"]], "*", markersize=16, color="gold")
-    acc_ax.set(xlabel="β (KL weight)", ylabel="domain exact match", title="learning the domain")
+    acc_ax.set(xlabel="β (KL weight)", ylabel="domain exact match", title="learning the domain (bars: gate interval)")
     ppl_ax.set(xlabel="β (KL weight)", ylabel="general perplexity change (%)", title="forgetting")
     acc_ax.legend()
     fig.tight_layout()

@@ -200,7 +200,7 @@ def _matmul_k(model, matmul) -> int:
 
 
 def quantize_dynamic_int8(src: Path):
-    """onnxruntime's quantize_dynamic, per channel, signed INT8 weights (the playbook's route)."""
+    """onnxruntime's quantize_dynamic, per channel, signed INT8 weights (onnxruntime's documented CPU route)."""
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 

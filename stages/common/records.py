@@ -1,13 +1,16 @@
-"""JSONL records in the data contracts of DESIGN.md, read with validation.
+"""JSONL records in the data contracts (README, "Your own data"), read with validation.
 
-A malformed line, a missing or non-string field, an empty file or a duplicate id is a
-PipelineError naming the file and line, raised before any stage writes an output.
+A malformed line, a missing or non-string field, an empty file, a duplicate id or bytes that
+are not UTF-8 is a PipelineError naming the file and line (and the byte offset), raised before
+any stage writes an output. A UTF-8 byte-order mark at the start of a file (Windows editors
+write one) is read as the encoding mark it is, not as part of the first record.
 """
 
 from __future__ import annotations
 
+import codecs
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from stages.common.atomic import atomic_path
@@ -32,38 +35,52 @@ def read_jsonl(path: str | Path, kind: str) -> list[dict]:
     fields = CONTRACTS[kind]
     rows: list[dict] = []
     first_line: dict[str, int] = {}
-    with path.open(encoding="utf-8") as f:
-        for line_no, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise PipelineError(f"{path}:{line_no}: malformed JSON ({e.msg} at column {e.colno})") from e
-            if not isinstance(row, dict):
-                raise PipelineError(f"{path}:{line_no}: expected a JSON object, got {type(row).__name__}")
-            for field in fields:
-                if field not in row:
-                    raise PipelineError(f"{path}:{line_no}: missing field {field!r} (a {kind} record needs "
-                                        f"{', '.join(fields)})")
-                if not isinstance(row[field], str):
-                    raise PipelineError(f"{path}:{line_no}: field {field!r} must be a string, "
-                                        f"got {type(row[field]).__name__}")
-            if row["id"] in first_line:
-                raise PipelineError(f"{path}:{line_no}: duplicate id {row['id']!r} "
-                                    f"(first seen on line {first_line[row['id']]})")
-            first_line[row["id"]] = line_no
-            rows.append(row)
+    for line_no, line in decoded_lines(path):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise PipelineError(f"{path}:{line_no}: malformed JSON ({e.msg} at column {e.colno})") from e
+        if not isinstance(row, dict):
+            raise PipelineError(f"{path}:{line_no}: expected a JSON object, got {type(row).__name__}")
+        for field in fields:
+            if field not in row:
+                raise PipelineError(f"{path}:{line_no}: missing field {field!r} (a {kind} record needs "
+                                    f"{', '.join(fields)})")
+            if not isinstance(row[field], str):
+                raise PipelineError(f"{path}:{line_no}: field {field!r} must be a string, "
+                                    f"got {type(row[field]).__name__}")
+        if row["id"] in first_line:
+            raise PipelineError(f"{path}:{line_no}: duplicate id {row['id']!r} "
+                                f"(first seen on line {first_line[row['id']]})")
+        first_line[row["id"]] = line_no
+        rows.append(row)
     if not rows:
         raise PipelineError(f"{path}: empty file (no {kind} records)")
     return rows
+
+
+def decoded_lines(path: Path) -> Iterator[tuple[int, str]]:
+    """(line number, text) of each line, decoded strictly as UTF-8 (a leading BOM skipped)."""
+    offset = 0
+    with path.open("rb") as f:
+        for line_no, raw in enumerate(f, start=1):
+            start = 3 if line_no == 1 and raw.startswith(codecs.BOM_UTF8) else 0
+            try:
+                yield line_no, raw[start:].decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise PipelineError(f"{path}:{line_no}: not UTF-8 (byte 0x{raw[start + e.start]:02x} at byte offset "
+                                    f"{offset + start + e.start} of the file); re-save it as UTF-8, e.g. "
+                                    f"`iconv -f latin1 -t utf-8`") from None
+            offset += len(raw)
 
 
 def record_kind(path: str | Path) -> str:
     """The contract of an eval file, told by the fields of its first record."""
     if not Path(path).is_file():
         return "task"  # read_jsonl names the missing file
-    with Path(path).open(encoding="utf-8") as f:
+    with Path(path).open(encoding="utf-8-sig", errors="replace") as f:  # read_jsonl reports bad bytes
         for line in f:
             if line.strip():
                 try:

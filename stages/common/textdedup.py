@@ -1,7 +1,13 @@
 """Dedup and decontamination as small pure functions over records (each testable alone).
 
 normalize -> words -> shingles -> signatures (datasketch, sharded) -> LSH candidates -> exact
-Jaccard check -> keep the first of each group. Decontamination indexes the eval sets' n-grams.
+Jaccard check and the same-task checks -> keep the first of each group. Decontamination indexes
+the eval sets' n-grams.
+
+Word-shingle Jaccard alone misleads on short records: "Convert 3 km to miles" and "Convert 30 km
+to miles" share half their shingles and are different tasks. So a near-duplicate must also be
+the same task (`same_task`): its answers agree, and no number was swapped for another. Measured
+on data/bench/short_instructions.jsonl (data/README.md, "Dedup on short records").
 """
 
 from __future__ import annotations
@@ -10,7 +16,7 @@ import hashlib
 import re
 import unicodedata
 import zlib
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
@@ -91,31 +97,60 @@ def signatures(shingle_sets: Sequence[set[str]], num_perm: int, workers: int, sh
 
 
 # ------------------------------------------------------------------------------ near duplicates
-def near_duplicates(shingle_sets: Sequence[set[str]], sigs: np.ndarray, threshold: float,
-                    lsh_weights: tuple[float, float], skip: Iterable[int] = ()) -> dict[int, tuple[int, float]]:
-    """index -> (earliest kept index it duplicates, exact Jaccard).
+def answers_agree(a: dict, b: dict) -> bool:
+    """Every word of the shorter answer is in the longer one ("24" and "The answer is 24." agree;
+    "1.86 miles" and "18.64 miles" do not). Records without a response agree."""
+    x, y = set(words(a.get("response", ""))), set(words(b.get("response", "")))
+    return x <= y if len(x) <= len(y) else y <= x
 
-    LSH (datasketch, bands x rows chosen for `threshold` and the weights) proposes candidates;
-    each is confirmed by exact Jaccard on the shingle sets, so precision does not rest on the
-    MinHash estimate. Records are visited in input order and the first of a group is kept.
+
+def numbers_agree(a: dict, b: dict) -> bool:
+    """No number of one record was swapped for another number: numbers only one side has are fine
+    (a dropped or added figure), but each side holding one the other lacks is a changed
+    parameter, and in a short instruction a changed parameter is another task ("Add 14 and 12" /
+    "Add 14 and 21")."""
+    na, nb = (Counter(w for w in words(record_text(r)) if w.isdigit()) for r in (a, b))
+    return not (na - nb and nb - na)
+
+
+def same_task(a: dict, b: dict, check_answers: bool, check_numbers: bool) -> bool:
+    return (not check_answers or answers_agree(a, b)) and (not check_numbers or numbers_agree(a, b))
+
+
+def near_duplicates(records: Sequence[dict], shingle_sets: Sequence[set[str]], sigs: np.ndarray, threshold: float,
+                    lsh_weights: tuple[float, float], check_answers: bool = True, check_numbers: bool = True,
+                    skip: Iterable[int] = ()) -> dict[int, tuple[int, float]]:
+    """index -> (earliest kept index it duplicates, exact Jaccard of their shingles).
+
+    A pair is a near-duplicate when it is the same task (`same_task`) and either its shingle
+    Jaccard reaches `threshold`, or its prompts are equal after normalization (the same question
+    with its answer re-worded, "24" / "The answer is 24.", which short records cannot reach by
+    Jaccard). LSH (datasketch, bands x rows chosen for `threshold` and the weights) proposes the
+    Jaccard candidates; each is confirmed on the exact shingle sets, so precision does not rest
+    on the MinHash estimate. Records are visited in input order and the first of a group is kept.
     """
     from datasketch import LeanMinHash, MinHashLSH
 
     skip = set(skip)
     lsh = MinHashLSH(threshold=threshold, num_perm=sigs.shape[1], weights=tuple(lsh_weights))
-    kept: list[int] = []
+    by_prompt: dict[str, list[int]] = defaultdict(list)
     out: dict[int, tuple[int, float]] = {}
     for i, shingle_set in enumerate(shingle_sets):
         if i in skip:
             continue
         sketch = LeanMinHash(seed=1, hashvalues=sigs[i], scheme="affine32")
-        matches = [(j, jaccard(shingle_set, shingle_sets[j])) for j in lsh.query(sketch)]
-        matches = sorted((j, s) for j, s in matches if s >= threshold)
+        prompt = normalize(records[i]["prompt"]) if "prompt" in records[i] else None
+        candidates = {*lsh.query(sketch), *(by_prompt.get(prompt, ()) if prompt is not None else ())}
+        matches = sorted((j, jaccard(shingle_set, shingle_sets[j])) for j in candidates)
+        matches = [(j, score) for j, score in matches
+                   if (score >= threshold or j in by_prompt.get(prompt, ()))
+                   and same_task(records[i], records[j], check_answers, check_numbers)]
         if matches:
             out[i] = matches[0]
         else:
             lsh.insert(i, sketch)
-            kept.append(i)
+            if prompt is not None:
+                by_prompt[prompt].append(i)
     return out
 
 
@@ -177,15 +212,29 @@ def find_leak(text: str, index: EvalIndex, short_overlap: float) -> tuple[str, s
 
 # ------------------------------------------------------------------------------ scoring
 def score_against_truth(removed: Sequence[dict], planted: Sequence[dict]) -> dict[str, dict]:
-    """Recall and precision of each planted kind, judged by the reason a record was removed."""
-    removed_by_kind: dict[str, set[str]] = defaultdict(set)
-    for r in removed:
-        removed_by_kind[r["reason"]].add(r["id"])
+    """Recall and precision of each planted kind. A removal counts as correct only when its pair
+    (the removed record and the record it matched) is labelled: both in one planted group (a
+    copy, its original, and other copies of that original). An eval leak's match is an eval
+    record; it is correct when the removed record is a planted leak of that record."""
+    parent: dict[str, str] = {}
+
+    def root(x: str) -> str:
+        while parent.get(x, x) != x:
+            x = parent[x]
+        return x
+
+    for p in planted:
+        parent[root(p["id"])] = root(p["of"])
+    leak_of = {p["id"]: p["of"] for p in planted if p["kind"] == "eval_leak"}
     out = {}
     for kind in sorted({p["kind"] for p in planted}):
         truth = {p["id"] for p in planted if p["kind"] == kind}
-        found = removed_by_kind.get(kind, set())
-        out[kind] = {"planted": len(truth), "removed": len(found), "true_positives": len(truth & found),
-                     "recall": round(len(truth & found) / len(truth), 4) if truth else 1.0,
-                     "precision": round(len(truth & found) / len(found), 4) if found else 1.0}
+        found = [r for r in removed if r["reason"] == kind]
+        if kind == "eval_leak":
+            right = {r["id"] for r in found if leak_of.get(r["id"]) == r["matched"]}
+        else:
+            right = {r["id"] for r in found if r["id"] in parent and root(r["id"]) == root(r["matched"])}
+        out[kind] = {"planted": len(truth), "removed": len(found), "true_positives": len(right & truth),
+                     "recall": round(len(right & truth) / len(truth), 4) if truth else 1.0,
+                     "precision": round(len(right) / len(found), 4) if found else 1.0}
     return out

@@ -1,4 +1,5 @@
-"""LoRA training pieces: examples -> padded batches, the CE + beta*KL objective, validation.
+"""Fine-tuning data and objective: examples -> padded batches (a rank's slice under data
+parallelism), the CE + beta*KL objective, validation, the canonical adapter save.
 
 p_base is the same model with its adapter disabled (peft's `disable_adapter()` under no_grad):
 one copy of the weights in memory, whatever the model's size.
@@ -73,14 +74,18 @@ def collate(examples: Sequence[Example], pad_id: int, device) -> dict[str, torch
     return {"input_ids": ids.to(device), "attention_mask": mask.to(device), "labels": labels.to(device)}
 
 
-def batches(examples: Sequence[Example], batch_size: int, seed: int) -> Iterator[list[Example]]:
-    """Endless shuffled batches, a fresh seeded order each epoch."""
+def batches(examples: Sequence[Example], batch_size: int, seed: int, rank: int = 0,
+            world: int = 1) -> Iterator[list[Example]]:
+    """Endless shuffled batches, a fresh seeded order each epoch. Under data parallelism every
+    rank draws the same global batch of batch_size x world (same seed) and keeps its own slice,
+    so the ranks see disjoint examples and together the batch one process of that size would."""
     rng = random.Random(seed)
     order = list(range(len(examples)))
+    size = batch_size * world
     while True:
         rng.shuffle(order)
-        for i in range(0, len(order) - batch_size + 1, batch_size):
-            yield [examples[j] for j in order[i : i + batch_size]]
+        for i in range(0, len(order) - size + 1, size):
+            yield [examples[j] for j in order[i + rank * batch_size : i + (rank + 1) * batch_size]]
 
 
 def mix_general(domain: Sequence[tuple[str, str]], general: Sequence[tuple[str, str]], fraction: float,
@@ -113,17 +118,27 @@ def check_targets(model, targets: Sequence[str]) -> None:
         raise PipelineError(f"model.lora_targets: {missing} not in the model; its linear layers are {linear}")
 
 
+def scored_tokens(batch: dict[str, torch.Tensor]) -> int:
+    """Positions the objective scores (labels shifted by one, prompt positions ignored)."""
+    return int((batch["labels"][:, 1:] != IGNORE).sum())
+
+
 def kl_to_base(logits: torch.Tensor, base_logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Mean over scored positions of KL(p_theta || p_base) = sum_v p_theta (log p_theta - log p_base)."""
+    """Summed over scored positions: KL(p_theta || p_base) = sum_v p_theta (log p_theta - log p_base)."""
     logp = F.log_softmax(logits.float(), dim=-1)
     logq = F.log_softmax(base_logits.float(), dim=-1)
-    kl = (logp.exp() * (logp - logq)).sum(-1)
-    return (kl * mask).sum() / mask.sum().clamp(min=1)
+    return ((logp.exp() * (logp - logq)).sum(-1) * mask).sum()
 
 
-def objective(model, batch: dict[str, torch.Tensor], beta: float, with_kl: bool,
-              peft_model=None) -> dict[str, torch.Tensor]:
-    """CE on response tokens, KL to the base on the same positions, loss = CE + beta * KL.
+def objective(model, batch: dict[str, torch.Tensor], beta: float, with_kl: bool, peft_model=None,
+              normalizer: float | None = None) -> dict[str, torch.Tensor]:
+    """CE on response tokens and KL to the base on the same positions, as per-token means
+    (`ce`, `kl`), and `loss` = (summed CE + beta * summed KL) / normalizer.
+
+    The normalizer defaults to this batch's scored tokens (loss = mean CE + beta * mean KL). The
+    training loop passes the scored tokens of the whole optimizer step instead (every
+    micro-batch, every rank), so each token weighs the same wherever it falls: the gradient a
+    single process would get from the whole global batch.
 
     `model` may be a DDP/FSDP wrapper (its forward syncs gradients); `peft_model` is the
     unwrapped peft model whose adapter is disabled for the base forward. The base forward runs
@@ -133,14 +148,20 @@ def objective(model, batch: dict[str, torch.Tensor], beta: float, with_kl: bool,
     logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1]
     labels = batch["labels"][:, 1:]
     mask = (labels != IGNORE).float()
-    ce = F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), labels.reshape(-1), ignore_index=IGNORE)
-    out = {"ce": ce}
+    count = mask.sum().clamp(min=1)
+    ce_sum = F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), labels.reshape(-1), ignore_index=IGNORE,
+                             reduction="sum")
+    out = {"ce": ce_sum.detach() / count}
+    total = ce_sum
     if beta > 0 or with_kl:
         with torch.no_grad(), peft_model.disable_adapter():
             base_logits = peft_model(input_ids=batch["input_ids"],
                                      attention_mask=batch["attention_mask"]).logits[:, :-1]
-        out["kl"] = kl_to_base(logits, base_logits, mask)
-    out["loss"] = ce + beta * out["kl"] if beta > 0 else ce
+        kl_sum = kl_to_base(logits, base_logits, mask)
+        out["kl"] = kl_sum.detach() / count
+        if beta > 0:
+            total = total + beta * kl_sum
+    out["loss"] = total / (count if normalizer is None else normalizer)
     return out
 
 
@@ -153,7 +174,7 @@ def validate(model, examples: Sequence[Example], batch_size: int, pad_id: int, b
     for i in range(0, len(examples), batch_size):
         chunk = examples[i : i + batch_size]
         batch = collate(chunk, pad_id, model.device)
-        n = int((batch["labels"][:, 1:] != IGNORE).sum())
+        n = scored_tokens(batch)
         out = objective(model, batch, beta, with_kl=True)
         totals["ce"] += float(out["ce"]) * n
         totals["kl"] += float(out["kl"]) * n

@@ -1,0 +1,28 @@
+"""The sweep report reads DVC's record of each experiment and draws the gates' intervals."""
+
+from tools.sweep_report import markdown, plot, points
+
+
+def experiment(name: str, beta: float, domain: float, passed: bool) -> dict:
+    metrics = {
+        "metrics/eval/torch_lora.json": {"domain_acc": domain, "general_ppl": 105.0, "general_acc": 0.8},
+        "metrics/eval/torch_base.json": {"general_ppl": 100.0},
+        "metrics/eval/onnx_int4.json": {"domain_acc": domain - 0.01},
+        "metrics/train.json": {"val_kl": 0.5},
+        "metrics/gates.json": {"passed": passed, "details": [
+            {"rung": "torch_lora", "metric": "domain_acc", "point": domain, "low": domain - 0.04,
+             "high": domain + 0.03},
+            {"rung": "torch_lora", "metric": "general_ppl", "point": 0.05, "low": 0.04, "high": 0.07}]},
+    }
+    return {"name": name, "data": {"params": {"params.yaml": {"data": {"train": {"lora": {"r": 8}, "kl_beta": beta}}}},
+                                   "metrics": {k: {"data": v} for k, v in metrics.items()}}}
+
+
+def test_points_carry_the_gate_intervals_and_the_plot_draws_them(tmp_path):
+    shown = [{"experiments": [{"revs": [experiment("a", 0.1, 0.9, False), experiment("b", 0.5, 0.7, True)]}]}]
+    rows = points(shown)
+    assert [r["name"] for r in rows] == ["a", "b"]
+    assert abs(rows[0]["domain_acc_err"][0] - 0.04) < 1e-9 and abs(rows[1]["general_ppl_err"][1] - 0.02) < 1e-9
+    assert "| b ★ |" in markdown(rows)
+    plot(rows, tmp_path / "sweep.png")
+    assert (tmp_path / "sweep.png").read_bytes()[:4] == b"\x89PNG"
