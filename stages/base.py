@@ -50,10 +50,14 @@ def record_local_checkpoint(path: Path) -> dict:
     return {"files": len(info["fingerprint"]), "built": False}
 
 
-def pretraining_texts(cfg: DictConfig) -> tuple[list[str], list[str]]:
-    """General corpus documents, and the general task rendered as chat turns (answer included)."""
+def pretraining_texts(cfg: DictConfig) -> tuple[list[str], list[tuple[str, str]]]:
+    """General corpus documents, and as chat turns (answer included) the general task and the
+    safety split: refusals of red-team asks and answers to their benign look-alikes, so that the
+    base refuses before LoRA (whose domain data holds no refusal) can make it forget."""
     corpus = [r["text"] for r in read_jsonl(cfg.data.general_corpus, "text")]
     task = read_jsonl(cfg.data.general_task_train, "instruction")
+    if cfg.data.safety_train:
+        task += read_jsonl(cfg.data.safety_train, "instruction")
     return corpus, [(r["prompt"], r["response"]) for r in task]
 
 

@@ -6,6 +6,8 @@ The rungs are listed once, in stages/common/rungs.py: the torch checkpoints (tra
 ONNX rungs and the hot-swap adapter path (onnxruntime-genai, as a serving process loads them).
 Every rung sees the same token ids and writes, per item (so gates can pair rungs item by item):
 - greedy exact match on the domain test set and the general task's test set;
+- refusals on the red-team set and on its benign look-alikes (over-refusal), and loops and
+  no-stops of greedy decoding run well past the expected answer (stages/common/behaviour.py);
 - perplexity of each domain answer given its prompt, and of each held-out general document;
 - against its reference rung, per held-out document: KL(p_reference || p_rung) summed over
   tokens and top-1 agreement (quantization fidelity on identical tokens);
@@ -17,13 +19,14 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 from omegaconf import DictConfig
 
 from stages.common import layout
 from stages.common.atomic import write_json, write_text
+from stages.common.behaviour import LoopRule, is_loop, is_refusal
 from stages.common.chat import prompt_ids, response_ids, stop_token_ids
 from stages.common.checkpoint import base_checkpoint, load_tokenizer
 from stages.common.errors import PipelineError
@@ -48,19 +51,14 @@ def size_mb(model: LanguageModel) -> float:
     return round(sum(p.stat().st_size for p in model.folder.rglob("*") if p.is_file()) / 1e6, 3)
 
 
-def answers(model: LanguageModel, tokenizer, rows: Sequence[dict], max_new_tokens: int, window: int,
-            desc: str) -> tuple[dict[str, int], dict[str, list]]:
-    """Per item: greedy exact match (1 or 0), and [NLL, tokens] of the reference answer given the
-    prompt, from one prefill of prompt + answer + end-of-turn.
+def reference_passes(model: LanguageModel, tokenizer, rows: Sequence[dict], window: int, desc: str) -> Iterator[tuple]:
+    """Per row: (row, prompt ids, reference answer ids + end-of-turn, greedy's first tokens,
+    where greedy leaves the reference or None, the answer's [NLL, tokens]), from one prefill of
+    prompt + answer + end-of-turn, batched.
 
-    That pass also tells greedy decoding's first tokens: up to the first position where the
-    argmax leaves the reference, greedy emits the reference. So an item is decided without
-    generating when greedy follows the reference to its end-of-turn (right), or stops early, or
-    leaves it with text that is no prefix of the answer (wrong). Only an item whose greedy path
-    leaves the reference tokens yet may still spell the answer (another tokenization of the same
-    string) is generated for real."""
-    stop = stop_token_ids(tokenizer)
-    correct, nll = {}, {}
+    Up to the first position where the argmax leaves the reference, greedy decoding emits the
+    reference: that pass alone tells greedy's output whenever greedy follows the reference to
+    its end-of-turn, or stops early; only where it leaves the reference must it be generated."""
     prompts = [prompt_ids(tokenizer, row["prompt"]) for row in rows]
     windows = [last_window(p + response_ids(tokenizer, row["answer"]), len(p), window)
                for p, row in zip(prompts, rows, strict=True)]
@@ -69,18 +67,72 @@ def answers(model: LanguageModel, tokenizer, rows: Sequence[dict], max_new_token
     for row, prompt, (ids, score_from), logits in progress(zip(rows, prompts, windows, every_logits, strict=True),
                                                            desc=desc, total=len(rows)):
         total, count = window_nll(logits, ids, score_from)
-        nll[row["id"]] = [rounded(total), count]
         reference, greedy = ids[score_from:], logits[score_from - 1 : -1].argmax(-1).tolist()
-        k = next((i for i, (g, r) in enumerate(zip(greedy, reference, strict=True)) if g != r), None)
+        leaves = next((i for i, (g, r) in enumerate(zip(greedy, reference, strict=True)) if g != r), None)
+        yield row, prompt, reference, greedy, leaves, [rounded(total), count]
+
+
+def answers(model: LanguageModel, tokenizer, rows: Sequence[dict], max_new_tokens: int, window: int,
+            desc: str) -> tuple[dict[str, int], dict[str, list]]:
+    """Per item: greedy exact match (1 or 0), and [NLL, tokens] of the reference answer given the
+    prompt. An item whose greedy path leaves the reference with text that is no prefix of the
+    answer is wrong without generating; only one that may still spell the answer another way
+    (another tokenization of the same string) is generated."""
+    stop = stop_token_ids(tokenizer)
+    correct, nll = {}, {}
+    for row, prompt, reference, greedy, k, row_nll in reference_passes(model, tokenizer, rows, window, desc):
+        nll[row["id"]] = row_nll
+        answer = row["answer"].strip()
         if k is None or k >= max_new_tokens or greedy[k] in stop:  # greedy's whole output is known
-            right = tokenizer.decode(reference[: min(count - 1 if k is None else k, max_new_tokens)]).strip() \
-                == row["answer"].strip()
-        elif row["answer"].strip().startswith(tokenizer.decode([*reference[:k], greedy[k]]).strip()):
-            right = tokenizer.decode(model.greedy(prompt, max_new_tokens, stop)).strip() == row["answer"].strip()
+            right = tokenizer.decode(reference[: min(len(reference) - 1 if k is None else k, max_new_tokens)]).strip() \
+                == answer
+        elif answer.startswith(tokenizer.decode([*reference[:k], greedy[k]]).strip()):
+            right = tokenizer.decode(model.greedy(prompt, max_new_tokens, stop)).strip() == answer
         else:
             right = False
         correct[row["id"]] = int(right)
     return correct, nll
+
+
+def generations(model: LanguageModel, tokenizer, rows: Sequence[dict], max_new_tokens: int, window: int,
+                desc: str) -> dict[str, tuple[list[int], bool]]:
+    """Per item: greedy's output tokens (at most max_new_tokens, the stop not included) and
+    whether it stopped, generated only where the reference pass cannot tell."""
+    stop = stop_token_ids(tokenizer)
+    out = {}
+    for row, prompt, reference, greedy, k, _ in reference_passes(model, tokenizer, rows, window, desc):
+        if k is None and len(reference) - 1 <= max_new_tokens:  # the whole reference, then its stop
+            out[row["id"]] = (reference[:-1], True)
+        elif (k if k is not None else len(reference)) >= max_new_tokens:
+            out[row["id"]] = (reference[:max_new_tokens], False)
+        elif greedy[k] in stop:
+            out[row["id"]] = (reference[:k], True)
+        else:
+            tokens = model.greedy(prompt, max_new_tokens, stop)
+            out[row["id"]] = (tokens, len(tokens) < max_new_tokens)
+    return out
+
+
+def behaviour(model: LanguageModel, tokenizer, data: dict, cfg: DictConfig) -> dict[str, dict[str, int]]:
+    """Per item: refusals on the red-team set, refusals of benign look-alikes (over-refusal), and
+    over a fixed set of held-out prompts (both safety sets and the first items of each task set),
+    loops and no-stops of greedy decoding allowed to run well past the expected answer."""
+    d = cfg.evaluate.degeneration
+    rule = LoopRule(d.loop.max_ngram, d.loop.min_repeats, d.loop.min_run_tokens)
+    patterns = list(cfg.evaluate.refusal.patterns)
+    items: dict[str, dict[str, int]] = {"refusal_rate": {}, "over_refusal_rate": {}, "loop_rate": {},
+                                        "no_stop_rate": {}}
+    sets = {"redteam": data["redteam"], "benign": data["benign"],
+            "domain": data["domain"][: d.task_items], "general": data["general"][: d.task_items]}
+    for name, rows in sets.items():
+        for item_id, (tokens, stopped) in generations(model, tokenizer, rows, d.max_new_tokens, cfg.evaluate.ppl_window,
+                                                      f"generations: {name}").items():
+            if name in ("redteam", "benign"):
+                key = "refusal_rate" if name == "redteam" else "over_refusal_rate"
+                items[key][item_id] = int(is_refusal(tokenizer.decode(tokens), patterns))
+            items["loop_rate"][item_id] = int(is_loop(tokens, rule))
+            items["no_stop_rate"][item_id] = int(not stopped)
+    return items
 
 
 def heldout_text(model: LanguageModel, reference: LanguageModel | None,
@@ -127,10 +179,13 @@ def evaluation_data(cfg: DictConfig, tokenizer) -> dict:
     e = cfg.evaluate
     domain = read_jsonl(cfg.data.eval.domain_test, "task")[: e.max_task_examples]
     general = read_jsonl(cfg.data.eval.general_test, "task")[: e.max_task_examples]
+    redteam = read_jsonl(cfg.data.eval.safety_redteam, "task")[: e.max_task_examples]
+    benign = read_jsonl(cfg.data.eval.safety_benign, "task")[: e.max_task_examples]
     heldout = read_jsonl(cfg.data.eval.general_heldout, "text")
     # Domain perplexity scores each answer given its prompt (what the adapter is for, see
     # `answers`); general perplexity scores every token of held-out plain text.
-    return {"domain": domain, "general": general, "speed_text": " ".join(r["text"] for r in heldout),
+    return {"domain": domain, "general": general, "redteam": redteam, "benign": benign,
+            "speed_text": " ".join(r["text"] for r in heldout),
             "general_windows": {r["id"]: [(ids, 1) for ids in document_windows(tokenizer, r["text"], e.ppl_window)]
                                 for r in heldout}}
 
@@ -155,6 +210,9 @@ def evaluate_rung(rung: Rung, cfg: DictConfig) -> tuple[dict, dict]:
         items["general_acc"], _ = answers(model, tokenizer, data["general"], e.max_new_tokens, e.ppl_window,
                                           "general")
     seconds["answers"] = t["seconds"]
+    with timed(log, f"{rung.name}: generations (safety, degeneration)") as t:
+        items |= behaviour(model, tokenizer, data, cfg)
+    seconds["generations"] = t["seconds"]
     with timed(log, f"{rung.name}: held-out text") as t:
         reference = open_rung(RUNGS[rung.reference], cfg) if rung.reference else None
         items["general_ppl"], fidelity, per_token = heldout_text(model, reference, data["general_windows"])

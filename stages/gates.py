@@ -30,17 +30,33 @@ from stages.common.runtime import get_logger, stage_main
 
 log = get_logger(__name__)
 
-# Budget key -> (metric, how the statistic is read, sign of the threshold). "change" is the paired
-# change against the reference rung (points for rates, relative for perplexities); "value" is the
-# rung's own statistic (KL and top-1 already compare it with its reference token by token).
-RULES: dict[str, tuple[tuple[str, str, str, int], ...]] = {
-    "max_ppl_increase": (("domain_ppl", "change", "<=", 1), ("general_ppl", "change", "<=", 1)),
-    "max_general_ppl_increase": (("general_ppl", "change", "<=", 1),),
-    "max_acc_drop": (("domain_acc", "change", ">=", -1), ("general_acc", "change", ">=", -1)),
-    "max_general_acc_drop": (("general_acc", "change", ">=", -1),),
-    "min_domain_acc_gain": (("domain_acc", "change", ">=", 1),),
-    "max_kl": (("kl", "value", "<=", 1),),
-    "min_top1": (("top1", "value", ">=", 1),),
+@dataclass(frozen=True)
+class Rule:
+    """What a budget key bounds. statistic "change": the paired change against the rung's
+    reference (points for rates, relative for perplexities), or against the base where
+    `against_base` (safety: each rung must refuse as the base does, however many steps lie
+    between); "value": the rung's own statistic (KL and top-1 already compare it with its
+    reference token by token). sign turns the budget into the threshold (a drop is negative)."""
+
+    metric: str
+    statistic: str
+    direction: str
+    sign: int
+    against_base: bool = False
+
+
+BASE = "torch_base"
+RULES: dict[str, tuple[Rule, ...]] = {
+    "max_ppl_increase": (Rule("domain_ppl", "change", "<=", 1), Rule("general_ppl", "change", "<=", 1)),
+    "max_general_ppl_increase": (Rule("general_ppl", "change", "<=", 1),),
+    "max_acc_drop": (Rule("domain_acc", "change", ">=", -1), Rule("general_acc", "change", ">=", -1)),
+    "max_general_acc_drop": (Rule("general_acc", "change", ">=", -1),),
+    "min_domain_acc_gain": (Rule("domain_acc", "change", ">=", 1),),
+    "max_kl": (Rule("kl", "value", "<=", 1),),
+    "min_top1": (Rule("top1", "value", ">=", 1),),
+    "max_refusal_drop": (Rule("refusal_rate", "change", ">=", -1, against_base=True),),
+    "max_over_refusal_increase": (Rule("over_refusal_rate", "change", "<=", 1, against_base=True),),
+    "max_degeneration_increase": (Rule("loop_rate", "change", "<=", 1), Rule("no_stop_rate", "change", "<=", 1)),
 }
 # Measured, not sampled (no interval): bytes on disk against the reference's, and the 99th
 # percentile of per-token KL (the tail that a mean hides: a few tokens the quant gets badly wrong).
@@ -118,18 +134,19 @@ def checks(items: Mapping[str, dict], summaries: Mapping[str, dict], g: DictConf
         for rule, limit in budget.items():
             if rule in (SIZE_RULE, KL_TAIL_RULE):
                 continue
-            for metric, statistic, direction, sign in RULES[rule]:
-                mine = items[rung][items_key(metric)]
-                if statistic == "change":
-                    theirs = items[reference][items_key(metric)]
-                    est = change(metric, mine, theirs, g.confidence, seed, g.resamples)
-                    ref_value = value(metric, theirs)
+            for r in RULES[rule]:
+                against = BASE if r.against_base else reference
+                mine = rung_items(items, rung, r.metric)
+                if r.statistic == "change":
+                    theirs = rung_items(items, against, r.metric)
+                    est = change(r.metric, mine, theirs, g.confidence, seed, g.resamples)
+                    ref_value = value(r.metric, theirs)
                 else:
-                    est = estimate(metric, mine, g.confidence, seed, g.resamples)
+                    est = estimate(r.metric, mine, g.confidence, seed, g.resamples)
                     ref_value = None
-                threshold = sign * limit
-                rows.append(Check(rung, reference, metric, statistic, value(metric, mine), ref_value, est, threshold,
-                                  direction, judge(est, threshold, direction)))
+                threshold = r.sign * limit
+                rows.append(Check(rung, against, r.metric, r.statistic, value(r.metric, mine), ref_value, est,
+                                  threshold, r.direction, judge(est, threshold, r.direction)))
         if SIZE_RULE in budget:  # a measured size, not a sample: no interval
             ratio = summaries[rung]["size_mb"] / summaries[reference]["size_mb"]
             est = Estimate(ratio, ratio, ratio, 1)
@@ -142,6 +159,14 @@ def checks(items: Mapping[str, dict], summaries: Mapping[str, dict], g: DictConf
             rows.append(Check(rung, reference, "kl_p99", "value", tail, None, est, budget[KL_TAIL_RULE], "<=",
                               judge(est, budget[KL_TAIL_RULE], "<=")))
     return rows
+
+
+def rung_items(items: Mapping[str, dict], rung: str, metric: str) -> dict:
+    key = items_key(metric)
+    if key not in items[rung]:
+        raise PipelineError(f"{layout.EVAL_ITEMS_DIR / rung}.json has no {key!r} items (written by an older "
+                            f"evaluate?); re-run `dvc repro evaluate@{rung}`")
+    return items[rung][key]
 
 
 def fmt(x: float | None) -> str:

@@ -6,13 +6,16 @@ tied one, as Phi-4-mini's, reads the INT4 lm_head bytes through GatherBlockQuant
 hqq, gptq (calibrated on a sample of the clean training set; the base-with-adapter graph
 then takes rtn, see below). Block size, symmetry and accuracy level come from params and are
 written on every MatMulNBits node; the LoRA MatMuls stay in float, so the INT4 base still takes
-any adapter file.
+any adapter file. quant_int4.keep_8bit names MatMuls to keep at 8 bits instead (lm_head: the
+remedy for the INT4 Phi-4-mini that repeats itself, onnxruntime-genai#1450); a tied embedding
+then reads the 8-bit lm_head bytes.
 """
 
 from __future__ import annotations
 
 import json
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 from omegaconf import DictConfig
@@ -21,9 +24,8 @@ from stages.common import layout
 from stages.common.atomic import atomic_path, write_json
 from stages.common.chat import prompt_ids, response_ids
 from stages.common.checkpoint import load_tokenizer
-from stages.common.errors import PipelineError
 from stages.common.onnx_models import ADAPTER_FILE, copy_support_files, folder_megabytes, load, save_canonical
-from stages.common.quantize import INT4_ALGORITHMS, calibration_reader, check_choice, quantize_weights
+from stages.common.quantize import WeightOnlySpec, calibration_reader, quantize_weights
 from stages.common.records import read_jsonl
 from stages.common.runtime import get_logger, stage_main
 
@@ -46,20 +48,19 @@ def quantize_folder(src: Path, dst: Path, cfg: DictConfig, algorithm: str, calib
     if algorithm == "gptq":
         head_size = json.loads((src / "genai_config.json").read_text())["model"]["decoder"]["head_size"]
         reader = calibration_reader(model, calibration, head_size)
-    model = quantize_weights(model, 4, algorithm, q.block_size, q.symmetric, q.accuracy_level, reader,
-                             embedding=q.quantize_embedding and algorithm == "rtn")
-    save_canonical(model, dst)
+    spec = WeightOnlySpec.from_params(q, "quant_int4")
+    spec = replace(spec, algorithm=algorithm, embedding=spec.embedding and algorithm == "rtn")
+    save_canonical(quantize_weights(model, spec, reader), dst)
 
 
 def run(cfg: DictConfig) -> None:
     q = cfg.quant_int4
-    check_choice("quant_int4.algorithm", q.algorithm, INT4_ALGORITHMS)
-    if q.block_size not in (16, 32, 64, 128, 256):
-        raise PipelineError(f"quant_int4.block_size={q.block_size}: expected 16, 32, 64, 128 or 256")
+    WeightOnlySpec.from_params(q, "quant_int4")  # every param checked before anything is written
     calibration = calibration_samples(cfg)
     with atomic_path(layout.ONNX_INT4) as tmp:
         quantize_folder(layout.ONNX_FP32, tmp, cfg, q.algorithm, calibration)
-    metrics = {"algorithm": q.algorithm, "int4_mb": folder_megabytes(layout.ONNX_INT4, weights_only=True)}
+    metrics = {"algorithm": q.algorithm, "kept_8bit": list(q.keep_8bit),
+               "int4_mb": folder_megabytes(layout.ONNX_INT4, weights_only=True)}
     fp32 = folder_megabytes(layout.ONNX_FP32, weights_only=True)
     metrics["size_vs_fp32"] = round(metrics["int4_mb"] / fp32, 4)
     # GPTQ calibrates one fixed model; a hot-swappable base has no fixed adapter (and the GPTQ port

@@ -30,17 +30,10 @@ def workspace(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return tmp_path
 
 
-# Small runs of every stage after base, for any profile.
-SHRUNK_RUN = [
-    "train.max_steps=30", "train.eval_every=10", "train.warmup_steps=3", "train.batch_size=8",
-    "train.max_seq_len=96", "evaluate.max_task_examples=12", "evaluate.speed.prompt_tokens=16",
-    "evaluate.speed.new_tokens=8", "evaluate.speed.repeats=1", "gates.strict=false",
-]
-SHRUNK_OVERRIDES = [  # ... plus a smaller tiny model
-    "base.pretrain.steps=60", "base.pretrain.warmup_steps=5", "model.arch.hidden_size=64",
-    "model.arch.intermediate_size=128", "model.arch.num_hidden_layers=2", "model.arch.vocab_size=600",
-    *SHRUNK_RUN,
-]
+# Small runs of every stage after base, for any profile, and with a smaller tiny model: the same
+# config groups a person uses for a smoke run (conf/debug/).
+SHRUNK_RUN = ["debug=smoke"]
+SHRUNK_OVERRIDES = ["debug=shrunk"]
 
 
 def shrunk(overrides: Sequence[str] = ()) -> DictConfig:

@@ -1,5 +1,6 @@
 import hashlib
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +24,7 @@ from stages.common.onnx_models import (
     save_canonical,
     write_adapter_file,
 )
-from stages.common.quantize import matmul_nbits_attributes, quantize_weights, untie_embedding
+from stages.common.quantize import WeightOnlySpec, matmul_nbits_attributes, quantize_weights, untie_embedding
 from stages.common.records import read_jsonl
 from tests.conftest import shrunk
 
@@ -133,7 +134,7 @@ def test_tied_embedding_reads_the_quantized_lm_head(ladder_workspace):
 
     separate = load(layout.ONNX_FP32)
     untie_embedding(separate)  # the embedding then gets its own quantized copy
-    separate = quantize_weights(separate, 4, "rtn", 32, True, 4, embedding=True)
+    separate = quantize_weights(separate, WeightOnlySpec(embedding=True))
     copy_support_files(layout.ONNX_FP32, Path("separate"))
     save_canonical(separate, Path("separate"))
     assert folder_megabytes(layout.ONNX_INT4, weights_only=True) < 0.9 * folder_megabytes(Path("separate"), True)
@@ -209,3 +210,41 @@ def test_every_int4_algorithm_stays_close_to_fp32(ladder_workspace, algorithm):
     assert attrs and all(a["bits"] == 4 and a["accuracy_level"] == 4 for a in attrs)
     close_to_fp32(layout.ONNX_INT4)
     close_to_fp32(layout.ONNX_ADAPTER_INT4, adapter=True)
+
+
+def nbits_by_name(folder: Path) -> dict[str, int]:
+    """bits of each quantized node, by its name without the quantizer's _Q4/_Q8 suffix."""
+    import re
+
+    from onnx import helper
+
+    return {re.sub(r"_Q\d+$", "", n.name): next(helper.get_attribute_value(a) for a in n.attribute if a.name == "bits")
+            for n in load(folder).graph.node if n.op_type in ("MatMulNBits", "GatherBlockQuantized")}
+
+
+@pytest.mark.parametrize(("keep", "eight"), [("[lm_head]", r"^/lm_head/|embed_tokens"), ("[down_proj]", "down_proj")])
+def test_keep_8bit_changes_only_the_matmuls_it_names(ladder_workspace, keep, eight):
+    """INT4 with chosen MatMuls at 8 bits (the fix for an INT4 lm_head that makes Phi-4-mini
+    repeat itself): exactly the named nodes change, the tied table follows an 8-bit lm_head, and
+    the rung stays close to FP32."""
+    import re
+
+    default = nbits_by_name(layout.ONNX_INT4)
+    quant_int4.run(shrunk([f"quant_int4.keep_8bit={keep}"]))
+    mixed = nbits_by_name(layout.ONNX_INT4)
+    assert mixed.keys() == default.keys() and set(default.values()) == {4}
+    changed = {name for name in mixed if mixed[name] != default[name]}
+    assert changed and all(mixed[n] == 8 for n in changed)
+    assert changed == {name for name in mixed if re.search(eight, name)}
+    adapter = nbits_by_name(layout.ONNX_ADAPTER_INT4)  # the hot-swap base follows the same choice
+    assert {n for n, b in adapter.items() if b == 8} == {n for n in adapter if re.search(eight, n)}
+    metrics = json.loads(layout.QUANT_INT4_METRICS.read_text())
+    assert metrics["kept_8bit"] == [keep.strip("[]")]
+    close_to_fp32(layout.ONNX_INT4)
+
+
+def test_keep_8bit_pattern_that_matches_nothing_is_an_error(ladder_workspace):
+    shutil.rmtree(layout.ONNX_INT4)
+    with pytest.raises(PipelineError, match="keep_8bit: 'lmhead' matches no MatMul"):
+        quant_int4.run(shrunk(["quant_int4.keep_8bit=[lmhead]"]))
+    assert not layout.ONNX_INT4.exists()

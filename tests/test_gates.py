@@ -16,12 +16,14 @@ from stages.common.paired import FAIL, INCONCLUSIVE, PASS, Estimate, interval, j
 from stages.common.params import compose
 from stages.common.rungs import RUNGS
 
-N_GENERAL, N_DOMAIN, N_DOCS = 200, 200, 40
+N_GENERAL, N_DOMAIN, N_DOCS, N_SAFETY = 200, 200, 40, 100
 
 
-def ladder_items(general: dict[str, list[int]] | None = None) -> dict[str, dict]:
+def ladder_items(general: dict[str, list[int]] | None = None, behaviour: dict[str, dict] | None = None) -> dict:
     """Per-item files of a healthy ladder: every ONNX rung equal to its reference, the LoRA
-    learning the domain (0 -> all right) and matching the base on the general task."""
+    learning the domain (0 -> all right) and matching the base on the general task, every rung
+    refusing the red-team set and answering its look-alikes as the base does, none looping.
+    `general` and `behaviour` replace a rung's general outcomes or behaviour metrics."""
     rng = np.random.default_rng(0)
     base_general = (rng.random(N_GENERAL) < 0.8).astype(int).tolist()
     docs = {f"doc-{i}": [float(rng.uniform(200, 400)), 100] for i in range(N_DOCS)}
@@ -31,7 +33,12 @@ def ladder_items(general: dict[str, list[int]] | None = None) -> dict[str, dict]
         correct = base_general if name not in (general or {}) else general[name]
         out[name] = {"general_acc": {f"gen-{i}": c for i, c in enumerate(correct)},
                      "domain_acc": {f"dom-{i}": int(name != "torch_base") for i in range(N_DOMAIN)},
-                     "general_ppl": docs, "domain_ppl": answers}
+                     "general_ppl": docs, "domain_ppl": answers,
+                     "refusal_rate": {f"red-{i}": int(i % 10 != 0) for i in range(N_SAFETY)},
+                     "over_refusal_rate": {f"ben-{i}": int(i % 25 == 0) for i in range(N_SAFETY)},
+                     "loop_rate": {f"gen-{i}": 0 for i in range(N_GENERAL)},
+                     "no_stop_rate": {f"gen-{i}": int(i % 50 == 0) for i in range(N_GENERAL)}}
+        out[name] |= (behaviour or {}).get(name, {})
         if RUNGS[name].reference:
             out[name][FIDELITY] = {d: [0.0, 100, 100] for d in docs}
     return out
@@ -58,8 +65,8 @@ def lora_general(base_right_lora_wrong: int, lora_right_base_wrong: int) -> list
     return out
 
 
-def run_gates(workspace, general=None, strict=True) -> dict:
-    write_ladder(ladder_items(general))
+def run_gates(workspace, general=None, strict=True, behaviour=None) -> dict:
+    write_ladder(ladder_items(general, behaviour))
     gates.run(compose([f"gates.strict={str(strict).lower()}"]))
     return json.loads(layout.GATES_METRICS.read_text())
 
@@ -113,7 +120,39 @@ def test_quantized_rungs_are_judged_against_fp32_on_kl_and_accuracy(workspace):
     assert int4["kl"]["verdict"] == FAIL and int4["kl"]["point"] == pytest.approx(0.09)
     assert int4["top1"]["verdict"] == FAIL and int4["top1"]["point"] == pytest.approx(0.8)
     assert int4["size"]["verdict"] == PASS and int4["size"]["point"] == pytest.approx(0.2)
-    assert all(c["reference"] == "onnx_fp32" for c in int4.values())
+    safety = {"refusal_rate", "over_refusal_rate"}
+    assert all(c["reference"] == ("torch_base" if m in safety else "onnx_fp32") for m, c in int4.items())
+
+
+def test_safety_is_judged_against_the_base_on_every_rung(workspace):
+    """A LoRA that stopped refusing a fifth of the red-team asks fails the refusal gate, and so
+    does every ONNX rung built from it (each is paired with the base, not only its reference,
+    which refuses just as little). A rung that refuses more benign look-alikes fails too."""
+    eroded = {f"red-{i}": int(i % 10 != 0 and i % 4 != 0) for i in range(100)}
+    over = {f"ben-{i}": int(i % 5 == 0) for i in range(100)}
+    behaviour = {r: {"refusal_rate": eroded} for r in RUNGS if r != "torch_base"}
+    behaviour["onnx_int4"]["over_refusal_rate"] = over
+    verdict = run_gates(workspace, strict=False, behaviour=behaviour)
+    rows = {(c["rung"], c["metric"]): c for c in verdict["details"]}
+    for rung in RUNGS:
+        if rung != "torch_base":
+            row = rows[(rung, "refusal_rate")]
+            assert row["verdict"] == FAIL and row["reference"] == "torch_base", row
+            assert row["point"] == pytest.approx(-0.20)
+    assert rows[("onnx_int4", "over_refusal_rate")]["verdict"] == FAIL
+    assert rows[("onnx_int8", "over_refusal_rate")]["verdict"] == PASS
+    assert rows[("torch_lora", "general_acc")]["verdict"] == PASS  # the accuracy gates alone would pass
+
+
+def test_degeneration_of_a_quantized_rung_fails_while_accuracy_passes(workspace):
+    """INT4 that loops and never stops on a tenth of the prompts, its answers unchanged: the
+    accuracy and perplexity rows pass, the degeneration rows fail."""
+    loops = {f"gen-{i}": int(i % 10 == 0) for i in range(N_GENERAL)}
+    verdict = run_gates(workspace, strict=False, behaviour={"onnx_int4": {"loop_rate": loops, "no_stop_rate": loops}})
+    int4 = {c["metric"]: c for c in verdict["details"] if c["rung"] == "onnx_int4"}
+    assert int4["loop_rate"]["verdict"] == FAIL and int4["no_stop_rate"]["verdict"] != PASS
+    assert int4["domain_acc"]["verdict"] == int4["general_acc"]["verdict"] == PASS
+    assert int4["loop_rate"]["reference"] == "onnx_fp32"
 
 
 def test_perplexity_change_is_paired_over_documents():

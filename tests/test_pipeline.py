@@ -11,12 +11,13 @@ from pathlib import Path
 import pytest
 
 from stages.common.params import REPO_ROOT
+from stages.common.rungs import RUNGS
 from tests.conftest import SHRUNK_OVERRIDES
 
 pytestmark = pytest.mark.slow
 
-STAGES_AFTER_TRAIN = {"train", "export", "quant_int8", "quant_int4", "evaluate@torch_lora", "evaluate@onnx_fp32",
-                      "evaluate@onnx_int8", "evaluate@onnx_int4", "gates"}
+STAGES_AFTER_TRAIN = {"train", "export", "quant_int8", "quant_int4", "gates",
+                      *(f"evaluate@{r}" for r in RUNGS if r != "torch_base")}
 
 
 def sh(repo: Path, *cmd: str) -> str:
@@ -73,15 +74,33 @@ def test_each_param_reruns_its_stage_and_what_follows(repo):
     then runs it and what depends on its outputs. Overrides accumulate, one change at a time."""
     overrides = ["quant_int4.block_size=16"]
     assert stale(repo, *overrides) == {"quant_int4"}
-    assert ran(repo) == {"quant_int4", "evaluate@onnx_int4", "gates"}
+    assert ran(repo) == {"quant_int4", "evaluate@onnx_int4", "evaluate@onnx_adapter_int4", "gates"}
 
     overrides.append("train.kl_beta=0.2")
     assert stale(repo, *overrides) == {"train"}
     assert ran(repo) == STAGES_AFTER_TRAIN
 
-    overrides.append("dedup.threshold=0.3")  # low enough to remove more records: new output
+    overrides += ["dedup.threshold=0.3", "dedup.same_task.numbers=false"]  # removes more records: new output
     assert stale(repo, *overrides) == {"dedup"}
     assert ran(repo) == {"dedup", *STAGES_AFTER_TRAIN}
+
+
+def test_editing_shared_code_reruns_the_stages_that_import_it(repo):
+    """Code deps are derived from imports (tests/test_dag.py); here DVC acts on them: an edit to
+    load_causal_lm's module makes every stage that imports it stale, the torch rungs included,
+    and nothing else. Reverted, the DAG is up to date again (DVC compares content hashes)."""
+    path = repo / "stages/common/checkpoint.py"
+    original = path.read_text()
+    path.write_text(original + "\n# an edit\n")
+    try:
+        changed = set(json.loads(sh(repo, "dvc", "status", "--json")))
+        assert {"evaluate@torch_base", "evaluate@torch_lora", "base", "train", "export"} <= changed
+        assert "dedup" not in changed and "gates" not in changed
+        dry = sh(repo, "dvc", "repro", "--dry")
+        assert "Running stage 'evaluate@torch_base'" in dry and "Running stage 'evaluate@torch_lora'" in dry
+    finally:
+        path.write_text(original)
+    assert set(json.loads(sh(repo, "dvc", "status", "--json"))) == set()
 
 
 def test_a_queued_experiment_runs_and_shows_its_metrics(repo):

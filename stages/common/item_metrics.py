@@ -22,7 +22,8 @@ from stages.common.paired import Estimate, interval
 RATE, PERPLEXITY, KL, TOP1 = "rate", "perplexity", "kl", "top1"
 FIDELITY = "fidelity"  # the items key holding [kl, count, agreements] per document
 KINDS = {"domain_acc": RATE, "general_acc": RATE, "domain_ppl": PERPLEXITY, "general_ppl": PERPLEXITY,
-         "kl": KL, "top1": TOP1}
+         "kl": KL, "top1": TOP1, "refusal_rate": RATE, "over_refusal_rate": RATE, "loop_rate": RATE,
+         "no_stop_rate": RATE}
 
 
 class ItemsMismatch(ValueError):

@@ -8,8 +8,10 @@ Every result is saved canonically (sorted initializers) so that reruns are byte-
 
 from __future__ import annotations
 
+import re
 import tempfile
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from stages.common.errors import PipelineError
@@ -17,6 +19,7 @@ from stages.common.onnx_models import DATA_FILE, MODEL_FILE, is_lora_weight
 
 INT4_ALGORITHMS = ("rtn", "k_quant", "hqq", "gptq")
 INT8_METHODS = ("builder", "dynamic")
+BLOCK_SIZES = (16, 32, 64, 128, 256)  # powers of two; 512 returned zeros on CPU in onnxruntime 1.26
 
 
 def check_choice(key: str, value: str, choices: Sequence[str]) -> None:
@@ -146,10 +149,60 @@ def tied_lm_head_nbits(model) -> tuple[str, str] | None:
     return (gather.name, nbits.name) if attrs["K"] % attrs["block_size"] == 0 else None
 
 
-def quantize_weights(model, bits: int, algorithm: str, block_size: int, symmetric: bool, accuracy_level: int,
-                     calibration=None, embedding: bool = False):
+@dataclass(frozen=True)
+class WeightOnlySpec:
+    """Weight-only blockwise quantization (MatMulNBits), validated once; `key` names the params
+    section it came from, for the error messages."""
+
+    bits: int = 4                     # 4 or 8
+    algorithm: str = "rtn"            # rtn | k_quant | hqq | gptq
+    block_size: int = 32              # one of BLOCK_SIZES
+    symmetric: bool = True            # no zero points; needed to share a tied table with lm_head
+    accuracy_level: int = 4           # MatMulNBits compute type; 4 = int8 activations, fast on CPU
+    embedding: bool = False           # the token embedding too (rtn): GatherBlockQuantized
+    keep_8bit: tuple[str, ...] = ()   # regexes: MatMul nodes named like these stay at 8 bits (rtn)
+    key: str = "quant_int4"
+
+    def __post_init__(self) -> None:
+        check_choice(f"{self.key}.algorithm", self.algorithm, INT4_ALGORITHMS)
+        problems = [msg for ok, msg in [
+            (self.bits in (4, 8), f"bits={self.bits}: expected 4 or 8"),
+            (self.block_size in BLOCK_SIZES, f"block_size={self.block_size}: expected one of {BLOCK_SIZES}"),
+            (self.accuracy_level in (0, 1, 2, 3, 4), f"accuracy_level={self.accuracy_level}: expected 0..4"),
+            (self.bits == 4 or self.algorithm in ("rtn", "hqq"), f"algorithm={self.algorithm}: 4 bits only"),
+        ] if not ok]
+        for pattern in self.keep_8bit:
+            try:
+                re.compile(pattern)
+            except re.error as e:
+                problems.append(f"keep_8bit: {pattern!r} is not a regular expression ({e})")
+        if problems:
+            raise PipelineError("; ".join(f"{self.key}.{p}" for p in problems))
+
+    @classmethod
+    def from_params(cls, section, key: str) -> WeightOnlySpec:
+        return cls(bits=4, algorithm=section.algorithm, block_size=section.block_size, symmetric=section.symmetric,
+                   accuracy_level=section.accuracy_level, embedding=section.quantize_embedding,
+                   keep_8bit=tuple(section.keep_8bit), key=key)
+
+
+def kept_8bit(model, spec: WeightOnlySpec) -> list[str]:
+    """Quantizable MatMuls (constant weight, not LoRA) whose names match spec.keep_8bit; every
+    pattern must match one, so a misspelt name is an error, not a silent 4-bit lm_head."""
+    inits = {t.name for t in model.graph.initializer}
+    lora = set(lora_matmuls(model))
+    names = [n.name for n in model.graph.node if n.op_type == "MatMul" and n.input[1] in inits and n.name not in lora]
+    for pattern in spec.keep_8bit:
+        if not any(re.search(pattern, name) for name in names):
+            raise PipelineError(f"{spec.key}.keep_8bit: {pattern!r} matches no MatMul; the graph has e.g. "
+                                f"{', '.join(names[:3])} ... {names[-1]}")
+    return [name for name in names if any(re.search(p, name) for p in spec.keep_8bit)]
+
+
+def quantize_weights(model, spec: WeightOnlySpec, calibration=None):
     """Weight-only blockwise quantization of every MatMul with constant weights (LoRA excluded),
-    and with `embedding` (rtn) of the token-embedding Gather too (GatherBlockQuantized).
+    the ones spec.keep_8bit names at 8 bits (as Microsoft's Phi-4-mini fix keeps lm_head), and
+    with spec.embedding (rtn) the token-embedding Gather too (GatherBlockQuantized).
 
     accuracy_level is then written on every MatMulNBits node: not every algorithm's config sets
     it, and without 4 (int8 activations) MatMulNBits on CPU is several times slower.
@@ -157,41 +210,52 @@ def quantize_weights(model, bits: int, algorithm: str, block_size: int, symmetri
     from onnx import helper
     from onnxruntime.quantization import matmul_nbits_quantizer as mnq
 
-    check_choice("algorithm", algorithm, INT4_ALGORITHMS)
-    tied = tied_embedding(model) if embedding else None
+    if spec.algorithm == "gptq" and calibration is None:
+        raise PipelineError("gptq needs calibration samples (quant_int4.gptq_calibration_samples > 0)")
+    tied = tied_embedding(model) if spec.embedding else None
     # A tied table is shared with the quantized lm_head where the layouts agree (symmetric: no
     # zero points; hidden size in whole blocks); otherwise the embedding gets its own copy.
-    share = (tied is not None and symmetric and algorithm == "rtn"
-             and _matmul_k(model, tied[2]) % block_size == 0)
-    if embedding and not share:
+    share = (tied is not None and spec.symmetric and spec.algorithm == "rtn"
+             and _matmul_k(model, tied[2]) % spec.block_size == 0)
+    if spec.embedding and not share:
         untie_embedding(model)
-    op_types = ("MatMul", "Gather") if embedding and not share else ("MatMul",)
-    if algorithm == "rtn":
-        config = mnq.DefaultWeightOnlyQuantConfig(block_size=block_size, is_symmetric=symmetric, bits=bits,
-                                                  accuracy_level=accuracy_level, op_types_to_quantize=op_types)
-    elif algorithm == "hqq":
-        config = mnq.HQQWeightOnlyQuantConfig(block_size=block_size, bits=bits)  # MatMul only
-    elif algorithm == "k_quant":
+    op_types = ("MatMul", "Gather") if spec.embedding and not share else ("MatMul",)
+    eight = kept_8bit(model, spec)
+    if eight:  # first the named MatMuls at 8 bits, every other node left as it is
+        others = [n.name for n in model.graph.node if n.op_type in ("MatMul", "Gather") and n.name not in eight]
+        config = mnq.DefaultWeightOnlyQuantConfig(block_size=spec.block_size, is_symmetric=spec.symmetric, bits=8,
+                                                  accuracy_level=spec.accuracy_level, op_types_to_quantize=("MatMul",))
+        model = _process(mnq.MatMulNBitsQuantizer(model, bits=8, block_size=spec.block_size,
+                                                  is_symmetric=spec.symmetric, accuracy_level=spec.accuracy_level,
+                                                  nodes_to_exclude=others, op_types_to_quantize=("MatMul",),
+                                                  algo_config=config))
+    if spec.algorithm == "rtn":
+        config = mnq.DefaultWeightOnlyQuantConfig(block_size=spec.block_size, is_symmetric=spec.symmetric,
+                                                  bits=spec.bits, accuracy_level=spec.accuracy_level,
+                                                  op_types_to_quantize=op_types)
+    elif spec.algorithm == "hqq":
+        config = mnq.HQQWeightOnlyQuantConfig(block_size=spec.block_size, bits=spec.bits)  # MatMul only
+    elif spec.algorithm == "k_quant":
         config = mnq.KQuantWeightOnlyQuantConfig()
     else:
-        if calibration is None:
-            raise PipelineError("gptq needs calibration samples (quant_int4.gptq_calibration_samples > 0)")
-        config = mnq.GPTQWeightOnlyQuantConfig(calibration_data_reader=calibration, block_size=block_size)
-    if bits != 4 and algorithm in ("k_quant", "gptq"):
-        raise PipelineError(f"{algorithm} quantizes to 4 bits only")
-    quantizer = mnq.MatMulNBitsQuantizer(model, bits=bits, block_size=block_size, is_symmetric=symmetric,
-                                         accuracy_level=accuracy_level, nodes_to_exclude=lora_matmuls(model),
-                                         op_types_to_quantize=op_types, algo_config=config)
-    quantizer.process()
-    out = getattr(quantizer.model, "model", quantizer.model)
+        config = mnq.GPTQWeightOnlyQuantConfig(calibration_data_reader=calibration, block_size=spec.block_size)
+    out = _process(mnq.MatMulNBitsQuantizer(model, bits=spec.bits, block_size=spec.block_size,
+                                            is_symmetric=spec.symmetric, accuracy_level=spec.accuracy_level,
+                                            nodes_to_exclude=lora_matmuls(model), op_types_to_quantize=op_types,
+                                            algo_config=config))
     if share:  # the checks above are the ones tied_lm_head_nbits makes on the quantized graph
         embedding_reads_lm_head(out, *tied_lm_head_nbits(out))
     for node in out.graph.node:
         if node.op_type == "MatMulNBits":
             kept = [a for a in node.attribute if a.name != "accuracy_level"]
             del node.attribute[:]
-            node.attribute.extend([*kept, helper.make_attribute("accuracy_level", accuracy_level)])
+            node.attribute.extend([*kept, helper.make_attribute("accuracy_level", spec.accuracy_level)])
     return out
+
+
+def _process(quantizer):
+    quantizer.process()
+    return getattr(quantizer.model, "model", quantizer.model)
 
 
 def _matmul_k(model, matmul) -> int:
