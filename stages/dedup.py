@@ -25,13 +25,12 @@ from omegaconf import DictConfig
 
 from stages.common import layout
 from stages.common.atomic import write_json
+from stages.common.decontamination import build_eval_index, find_leak
 from stages.common.errors import PipelineError
 from stages.common.records import read_jsonl, record_kind, write_jsonl
 from stages.common.runtime import get_logger, stage_main
 from stages.common.textdedup import (
-    build_eval_index,
     exact_duplicates,
-    find_leak,
     near_duplicates,
     record_text,
     score_against_truth,

@@ -97,9 +97,10 @@ def answers(model: LanguageModel, tokenizer, rows: Sequence[dict], max_new_token
 def generations(model: LanguageModel, tokenizer, rows: Sequence[dict], max_new_tokens: int, window: int,
                 desc: str) -> dict[str, tuple[list[int], bool]]:
     """Per item: greedy's output tokens (at most max_new_tokens, the stop not included) and
-    whether it stopped, generated only where the reference pass cannot tell."""
+    whether it stopped, generated (in batches) only where the reference pass cannot tell."""
     stop = stop_token_ids(tokenizer)
-    out = {}
+    out: dict[str, tuple[list[int], bool]] = {}
+    pending: list[tuple[str, list[int]]] = []
     for row, prompt, reference, greedy, k, _ in reference_passes(model, tokenizer, rows, window, desc):
         if k is None and len(reference) - 1 <= max_new_tokens:  # the whole reference, then its stop
             out[row["id"]] = (reference[:-1], True)
@@ -108,9 +109,13 @@ def generations(model: LanguageModel, tokenizer, rows: Sequence[dict], max_new_t
         elif greedy[k] in stop:
             out[row["id"]] = (reference[:k], True)
         else:
-            tokens = model.greedy(prompt, max_new_tokens, stop)
-            out[row["id"]] = (tokens, len(tokens) < max_new_tokens)
-    return out
+            pending.append((row["id"], prompt))
+    for start in range(0, len(pending), BATCH):
+        chunk = pending[start : start + BATCH]
+        for (item_id, _), tokens in zip(chunk, model.greedy_batch([p for _, p in chunk], max_new_tokens, stop),
+                                        strict=True):
+            out[item_id] = (tokens, len(tokens) < max_new_tokens)
+    return {row["id"]: out[row["id"]] for row in rows}
 
 
 def behaviour(model: LanguageModel, tokenizer, data: dict, cfg: DictConfig) -> dict[str, dict[str, int]]:

@@ -25,9 +25,9 @@ from stages.common.atomic import atomic_path, write_json
 from stages.common.chat import prompt_ids, response_ids
 from stages.common.checkpoint import load_tokenizer
 from stages.common.onnx_models import ADAPTER_FILE, copy_support_files, folder_megabytes, load, save_canonical
-from stages.common.quantize import WeightOnlySpec, calibration_reader, quantize_weights
 from stages.common.records import read_jsonl
 from stages.common.runtime import get_logger, stage_main
+from stages.common.weight_only import WeightOnlySpec, calibration_reader, quantize_weights
 
 log = get_logger(__name__)
 

@@ -19,14 +19,9 @@ from stages.common import layout
 from stages.common.atomic import atomic_path, write_json
 from stages.common.errors import PipelineError
 from stages.common.onnx_models import copy_support_files, folder_megabytes, load, run_builder, save_canonical
-from stages.common.quantize import (
-    INT8_METHODS,
-    check_choice,
-    embedding_reads_lm_head,
-    quantize_dynamic_int8,
-    tied_lm_head_nbits,
-)
 from stages.common.runtime import get_logger, stage_main
+from stages.common.tied_embedding import share_quantized_table
+from stages.common.weight_only import INT8_METHODS, check_choice, quantize_dynamic_int8
 
 log = get_logger(__name__)
 
@@ -37,11 +32,10 @@ def ties_embeddings(hf_dir: Path) -> bool:
 
 def share_tied_table(folder: Path) -> None:
     model = load(folder)
-    names = tied_lm_head_nbits(model)
-    if names is None:
-        raise PipelineError(f"{folder}: found no embedding Gather and symmetric lm_head MatMulNBits to share; "
-                            "set quant_int8.quantize_embedding=false")
-    embedding_reads_lm_head(model, *names)
+    try:
+        share_quantized_table(model)
+    except PipelineError as e:
+        raise PipelineError(f"{folder}: {e}".replace("(quantize_embedding", "(quant_int8.quantize_embedding")) from None
     save_canonical(model, folder)
 
 

@@ -80,14 +80,26 @@ def pairs(rows: list[dict], answer_field: str) -> list[tuple[str, str]]:
 
 
 def training_data(cfg: DictConfig, tokenizer) -> tuple[list[Example], list[Example]]:
-    """The clean domain set with its general mix and replay windows; the held-out domain set."""
+    """The clean domain set with its general mix and replay windows; the held-out domain set.
+
+    train.safety_mix is the share of the mix made of the base's own safety turns (data.safety_train:
+    refusals of red-team asks, answers to their look-alikes): the domain data holds no refusal,
+    and the KL leash only holds the positions it scores, so without them LoRA unlearns refusing.
+    With train.safety_kl_only they are anchors, scored by the KL to the base alone: the adapter
+    is held to the base's behaviour there, not trained further toward refusing (which also
+    raises over-refusal). README, "Safety and degeneration"."""
     t = cfg.train
     domain = pairs(read_jsonl(layout.CLEAN_TRAIN, "instruction"), "response")
     general = pairs(read_jsonl(cfg.data.general_task_train, "instruction"), "response")
     train_set = encode(tokenizer, mix_general(domain, general, t.general_mix, cfg.seed), t.max_seq_len)
+    if t.safety_mix > 0 and cfg.data.safety_train:
+        turns = encode(tokenizer, pairs(read_jsonl(cfg.data.safety_train, "instruction"), "response"), t.max_seq_len)
+        for e in turns:
+            e.kl_only = bool(t.safety_kl_only)
+        train_set += replay_sample(turns, len(train_set), t.safety_mix, cfg.seed, "train.safety_mix")
     if t.replay_mix > 0:
         corpus = encode_text(tokenizer, [r["text"] for r in read_jsonl(cfg.data.general_corpus, "text")], t.max_seq_len)
-        train_set += replay_sample(corpus, len(train_set), t.replay_mix, cfg.seed)
+        train_set += replay_sample(corpus, len(train_set), t.replay_mix, cfg.seed, "train.replay_mix")
     val_set = encode(tokenizer, pairs(read_jsonl(cfg.data.eval.domain_val, "task"), "answer"), t.max_seq_len)
     if len(train_set) < t.batch_size:
         raise PipelineError(f"{len(train_set)} training examples, fewer than one batch ({t.batch_size})")

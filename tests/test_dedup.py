@@ -4,13 +4,12 @@ import pytest
 
 from stages import dedup
 from stages.common import layout
+from stages.common.decontamination import build_eval_index, find_leak
 from stages.common.errors import PipelineError
 from stages.common.params import compose
 from stages.common.records import read_jsonl
 from stages.common.textdedup import (
-    build_eval_index,
     exact_duplicates,
-    find_leak,
     normalize,
     shingles,
     signatures,

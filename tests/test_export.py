@@ -24,9 +24,11 @@ from stages.common.onnx_models import (
     save_canonical,
     write_adapter_file,
 )
-from stages.common.quantize import WeightOnlySpec, matmul_nbits_attributes, quantize_weights, untie_embedding
 from stages.common.records import read_jsonl
+from stages.common.tied_embedding import untie_embedding
+from stages.common.weight_only import WeightOnlySpec, quantize_weights
 from tests.conftest import shrunk
+from tests.onnx_helpers import matmul_nbits_attributes
 
 pytestmark = pytest.mark.slow
 
@@ -108,7 +110,8 @@ def test_hot_swap_two_adapters_on_one_base(ladder_workspace):
 
 
 def test_int4_graph_carries_the_params(ladder_workspace):
-    quant_int4.run(shrunk(["quant_int4.block_size=16", "quant_int4.accuracy_level=4", "quant_int4.symmetric=false"]))
+    quant_int4.run(shrunk(["quant_int4.block_size=16", "quant_int4.accuracy_level=4", "quant_int4.symmetric=false",
+                           "quant_int4.keep_8bit=[]"]))
     for folder in (layout.ONNX_INT4, layout.ONNX_ADAPTER_INT4):
         attrs = matmul_nbits_attributes(load(folder))
         assert attrs and all(a["bits"] == 4 and a["block_size"] == 16 and a["accuracy_level"] == 4 for a in attrs)
@@ -119,7 +122,9 @@ def test_int4_graph_carries_the_params(ladder_workspace):
 def test_tied_embedding_reads_the_quantized_lm_head(ladder_workspace):
     """One quantized table read by both lm_head (MatMulNBits) and the embedding
     (GatherBlockQuantized). INT4: the same logits as a separately quantized embedding, in fewer
-    bytes. INT8 (the builder keeps a float copy otherwise): smaller, and as close to FP32."""
+    bytes. INT8 (the builder keeps a float copy otherwise): smaller, and as close to FP32. (The
+    default INT4 keeps lm_head, and so the shared table, at 8 bits; here every MatMul is 4-bit.)"""
+    quant_int4.run(shrunk(["quant_int4.keep_8bit=[]"]))
     config = json.loads((layout.MERGED_DIR / "config.json").read_text())
     table = [config["vocab_size"], config["hidden_size"]]
     for folder, bits in ((layout.ONNX_INT4, 4), (layout.ONNX_ADAPTER_INT4, 4), (layout.ONNX_INT8, 8)):
@@ -205,7 +210,8 @@ def close_to_fp32(folder: Path, adapter: bool = False, max_kl: float = 0.05, min
 
 @pytest.mark.parametrize("algorithm", ["k_quant", "hqq", "gptq"])
 def test_every_int4_algorithm_stays_close_to_fp32(ladder_workspace, algorithm):
-    quant_int4.run(shrunk([f"quant_int4.algorithm={algorithm}", "quant_int4.gptq_calibration_samples=4"]))
+    quant_int4.run(shrunk([f"quant_int4.algorithm={algorithm}", "quant_int4.gptq_calibration_samples=4",
+                           "quant_int4.keep_8bit=[]"]))
     attrs = matmul_nbits_attributes(load(layout.ONNX_INT4))
     assert attrs and all(a["bits"] == 4 and a["accuracy_level"] == 4 for a in attrs)
     close_to_fp32(layout.ONNX_INT4)
@@ -229,6 +235,7 @@ def test_keep_8bit_changes_only_the_matmuls_it_names(ladder_workspace, keep, eig
     the rung stays close to FP32."""
     import re
 
+    quant_int4.run(shrunk(["quant_int4.keep_8bit=[]"]))
     default = nbits_by_name(layout.ONNX_INT4)
     quant_int4.run(shrunk([f"quant_int4.keep_8bit={keep}"]))
     mixed = nbits_by_name(layout.ONNX_INT4)

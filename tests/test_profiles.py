@@ -10,8 +10,8 @@ from stages.common import checkpoint, layout
 from stages.common.errors import PipelineError
 from stages.common.onnx_models import check_export_target, load
 from stages.common.params import compose
-from stages.common.quantize import matmul_nbits_attributes
 from tests.conftest import SHRUNK_RUN, shrunk
+from tests.onnx_helpers import matmul_nbits_attributes
 from tools.random_checkpoint import architecture
 
 
@@ -135,7 +135,13 @@ def test_real_profile_runs_the_pipeline_on_a_random_stand_in(profile, workspace,
         assert m["onnx_fp32"][metric] == pytest.approx(m["torch_lora"][metric], rel=0.01)
         assert m["onnx_int8"][metric] == pytest.approx(m["onnx_fp32"][metric], rel=0.05)
         assert m["onnx_int4"][metric] == pytest.approx(m["onnx_fp32"][metric], rel=0.25)
-    # INT4 as the profile says (block 32, accuracy level 4, as Microsoft's Phi-4-mini builds).
+    # INT4 as the profile says (block 32, accuracy level 4, as Microsoft's Phi-4-mini builds;
+    # lm_head at 8 bits, the fix for Phi-4-mini's INT4 repetition, the default for every profile).
+    from onnx import helper
+
+    nodes = [n for n in load(layout.ONNX_INT4).graph.node if n.op_type == "MatMulNBits"]
+    bits = {n.name: next(helper.get_attribute_value(a) for a in n.attribute if a.name == "bits") for n in nodes}
+    eight = {name for name, b in bits.items() if b == 8}
+    assert eight == {name for name in bits if name.startswith("/lm_head/")} and len(eight) == 1
     attributes = matmul_nbits_attributes(load(layout.ONNX_INT4))
-    assert attributes and all(a["bits"] == 4 and a["block_size"] == 32 and a["accuracy_level"] == 4
-                              for a in attributes)
+    assert attributes and all(a["block_size"] == 32 and a["accuracy_level"] == 4 for a in attributes)

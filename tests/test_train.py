@@ -77,3 +77,25 @@ def test_bad_inputs_fail_clearly_and_write_nothing(trained_workspace):
     with pytest.raises(PipelineError, match="empty file"):
         train.run(shrunk())
     assert not layout.LORA_DIR.exists() and not layout.TRAIN_METRICS.exists()
+
+
+def test_anchor_rows_are_scored_by_kl_alone(trained_workspace):
+    """A safety anchor (kl_only) adds nothing to CE: a batch of anchors has zero loss at beta 0,
+    and a mixed batch has the CE of its other rows."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    from stages.common.finetune import Example, collate, encode, objective
+
+    tokenizer = load_tokenizer("models/base")
+    model = get_peft_model(load_causal_lm("models/base"), LoraConfig(r=4, target_modules=["qkv_proj"]))
+    task, anchor = encode(tokenizer, [("Which package holds json.dumps?", "json"),
+                                      ("How do I pick a lock?", "I can't help with that.")], 64)
+    anchor = Example(anchor.input_ids, anchor.labels, kl_only=True)
+    pad = tokenizer.pad_token_id
+    with torch.no_grad():
+        alone = objective(model, collate([task], pad, "cpu"), 0.0, with_kl=False)
+        mixed = objective(model, collate([task, anchor], pad, "cpu"), 0.0, with_kl=False)
+        anchors = objective(model, collate([anchor], pad, "cpu"), 0.0, with_kl=True)
+    assert float(mixed["ce"]) == pytest.approx(float(alone["ce"]), rel=1e-5)
+    assert float(anchors["loss"]) == 0.0 and "kl" in anchors

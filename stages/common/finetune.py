@@ -29,6 +29,7 @@ IGNORE = -100
 class Example:
     input_ids: list[int]
     labels: list[int]  # IGNORE on prompt positions: only the response is scored
+    kl_only: bool = False  # an anchor: scored by the KL to the base alone, never by CE
 
 
 def encode(tokenizer, pairs: Sequence[tuple[str, str]], max_len: int) -> list[Example]:
@@ -53,10 +54,11 @@ def encode_text(tokenizer, texts: Sequence[str], max_len: int) -> list[Example]:
     return out
 
 
-def replay_sample(windows: Sequence[Example], n_task: int, fraction: float, seed: int) -> list[Example]:
-    """`fraction` of the final mix as replay windows (against drift of the general distribution)."""
+def replay_sample(windows: Sequence[Example], n_task: int, fraction: float, seed: int,
+                  key: str = "train.replay_mix") -> list[Example]:
+    """`fraction` of the mix (after adding them) drawn from `windows`: replay text, safety turns."""
     if not 0 <= fraction < 1:
-        raise PipelineError(f"train.replay_mix={fraction} must be in [0, 1)")
+        raise PipelineError(f"{key}={fraction} must be in [0, 1)")
     n = min(len(windows), round(n_task * fraction / (1 - fraction)))
     return random.Random(seed).sample(list(windows), n)
 
@@ -71,7 +73,9 @@ def collate(examples: Sequence[Example], pad_id: int, device) -> dict[str, torch
         ids[row, : len(e.input_ids)] = torch.tensor(e.input_ids)
         labels[row, : len(e.labels)] = torch.tensor(e.labels)
         mask[row, : len(e.input_ids)] = 1
-    return {"input_ids": ids.to(device), "attention_mask": mask.to(device), "labels": labels.to(device)}
+    kl_only = torch.tensor([e.kl_only for e in examples], dtype=torch.bool)
+    return {"input_ids": ids.to(device), "attention_mask": mask.to(device), "labels": labels.to(device),
+            "kl_only": kl_only.to(device)}
 
 
 def batches(examples: Sequence[Example], batch_size: int, seed: int, rank: int = 0,
@@ -149,9 +153,11 @@ def objective(model, batch: dict[str, torch.Tensor], beta: float, with_kl: bool,
     labels = batch["labels"][:, 1:]
     mask = (labels != IGNORE).float()
     count = mask.sum().clamp(min=1)
-    ce_sum = F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), labels.reshape(-1), ignore_index=IGNORE,
+    kl_only = batch.get("kl_only")
+    ce_labels = labels if kl_only is None else labels.masked_fill(kl_only[:, None], IGNORE)
+    ce_sum = F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), ce_labels.reshape(-1), ignore_index=IGNORE,
                              reduction="sum")
-    out = {"ce": ce_sum.detach() / count}
+    out = {"ce": ce_sum.detach() / (ce_labels != IGNORE).sum().clamp(min=1)}
     total = ce_sum
     if beta > 0 or with_kl:
         with torch.no_grad(), peft_model.disable_adapter():

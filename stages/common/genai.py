@@ -80,5 +80,11 @@ class GenaiModel:
         next(steps)
         return take_until_stop(steps, max_new_tokens, stop_ids)
 
+    def greedy_batch(self, prompts: Sequence[Sequence[int]], max_new_tokens: int,
+                     stop_ids: Sequence[int]) -> list[list[int]]:
+        # One at a time: a step of this runtime on one sequence is already cheap, and the hot-swap
+        # rungs keep one active adapter per generator.
+        return [self.greedy(prompt, max_new_tokens, stop_ids) for prompt in prompts]
+
     def timed_decode(self, prompt: Sequence[int], new_tokens: int) -> tuple[float, list[float]]:
         return time_steps(self._steps(prompt, new_tokens, None, fixed=True), new_tokens)

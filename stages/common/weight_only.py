@@ -1,4 +1,5 @@
-"""Post-hoc quantization of ONNX graphs with onnxruntime.quantization.
+"""Post-hoc quantization of ONNX graphs with onnxruntime.quantization (the tied-embedding graph
+surgery it needs is in tied_embedding.py).
 
 - weight-only blockwise INT4/INT8 (MatMulNBits) through MatMulNBitsQuantizer: RTN (its default
   quantizer), k_quant, HQQ, GPTQ (calibrated); LoRA MatMuls are never quantized;
@@ -16,6 +17,7 @@ from pathlib import Path
 
 from stages.common.errors import PipelineError
 from stages.common.onnx_models import DATA_FILE, MODEL_FILE, is_lora_weight
+from stages.common.tied_embedding import matmul_k, share_quantized_table, tied_embedding, untie_embedding
 
 INT4_ALGORITHMS = ("rtn", "k_quant", "hqq", "gptq")
 INT8_METHODS = ("builder", "dynamic")
@@ -68,88 +70,9 @@ def calibration_reader(model, samples: Sequence[Sequence[int]], head_size: int):
     return Reader()
 
 
-def tied_embedding(model):
-    """(Gather, Transpose, lm_head MatMul) when the builder feeds a tied embedding as
-    Gather(Transpose(lm_head weight)); else None."""
-    inits = {t.name for t in model.graph.initializer}
-    producers = {o: n for n in model.graph.node for o in n.output}
-    for gather in model.graph.node:
-        source = producers.get(gather.input[0]) if gather.op_type == "Gather" else None
-        if source is None or source.op_type != "Transpose" or source.input[0] not in inits:
-            continue
-        matmul = next((n for n in model.graph.node if n.op_type == "MatMul" and n.input[1] == source.input[0]), None)
-        if matmul is not None:
-            return gather, source, matmul
-    return None
-
-
-def untie_embedding(model) -> bool:
-    """A tied embedding keeps the float table alive after lm_head is quantized. Give the Gather
-    its own (transposed) table so it can be block-quantized too. Returns whether the graph changed."""
-    from onnx import numpy_helper
-
-    tied = tied_embedding(model)
-    if tied is None:
-        return False
-    gather, transpose, _ = tied
-    weight = next(t for t in model.graph.initializer if t.name == transpose.input[0])
-    name = f"{gather.name.strip('/').replace('/', '.')}.weight"
-    model.graph.initializer.append(numpy_helper.from_array(numpy_helper.to_array(weight).T.copy(), name))
-    gather.input[0] = name
-    model.graph.node.remove(transpose)
-    return True
-
-
-def embedding_reads_lm_head(model, gather_name: str, lm_head_name: str) -> None:
-    """For a tied embedding: once lm_head is MatMulNBits, let the embedding Gather read the same
-    quantized bytes (Reshape [vocab, blocks, blob] to [vocab, hidden * bits / 8], then
-    GatherBlockQuantized), as the builder's own INT4 builds do: one copy of the table, not two.
-    Both quantize each vocabulary row in hidden-size blocks, so the values are the same. Needs
-    no zero points (symmetric) and the hidden size in whole blocks; the caller checks."""
-    import numpy as np
-    from onnx import helper, numpy_helper
-
-    nodes = {n.name: n for n in model.graph.node}
-    gather, nbits = nodes[gather_name], nodes[lm_head_name]
-    attrs = {a.name: helper.get_attribute_value(a) for a in nbits.attribute}
-    weight = next(t for t in model.graph.initializer if t.name == nbits.input[1])
-    rows, blocks, blob = weight.dims
-    shape = f"{weight.name}.as_embedding_shape"
-    model.graph.initializer.append(numpy_helper.from_array(np.array([rows, blocks * blob], dtype=np.int64), shape))
-    reshape = helper.make_node("Reshape", [weight.name, shape], [f"{gather.name}/Reshape/output_0"],
-                               name=f"{gather.name}/Reshape")
-    lookup = helper.make_node("GatherBlockQuantized", [reshape.output[0], gather.input[1], nbits.input[2]],
-                              list(gather.output), name=f"{gather.name}BlockQuantized", domain="com.microsoft",
-                              bits=attrs["bits"], block_size=attrs["block_size"], gather_axis=0, quantize_axis=1)
-    position = list(model.graph.node).index(gather)
-    model.graph.node.remove(gather)
-    model.graph.node.insert(position, lookup)
-    model.graph.node.insert(position, reshape)
-    # The float table (and the builder's Transpose feeding a tied one) now has no reader.
-    producers = {o: n for n in model.graph.node for o in n.output}
-    source = producers.get(gather.input[0])
-    table = source.input[0] if source is not None and source.op_type == "Transpose" else gather.input[0]
-    if source is not None and not any(source.output[0] in n.input for n in model.graph.node):
-        model.graph.node.remove(source)
-    if not any(table in n.input for n in model.graph.node):
-        for t in [t for t in model.graph.initializer if t.name == table]:
-            model.graph.initializer.remove(t)
-
-
-def tied_lm_head_nbits(model) -> tuple[str, str] | None:
-    """(embedding Gather, lm_head MatMulNBits) names where sharing is possible: the lm_head
-    quantized without zero points, its hidden size in whole blocks; else None."""
-    from onnx import helper
-
-    gather = next((n for n in model.graph.node if n.op_type == "Gather" and n.input[1] == "input_ids"), None)
-    nbits = next((n for n in model.graph.node if n.op_type == "MatMulNBits" and n.name.startswith("/lm_head/")), None)
-    if gather is None or nbits is None or (len(nbits.input) > 3 and nbits.input[3]):
-        return None
-    attrs = {a.name: helper.get_attribute_value(a) for a in nbits.attribute}
-    return (gather.name, nbits.name) if attrs["K"] % attrs["block_size"] == 0 else None
-
-
 @dataclass(frozen=True)
+
+
 class WeightOnlySpec:
     """Weight-only blockwise quantization (MatMulNBits), validated once; `key` names the params
     section it came from, for the error messages."""
@@ -216,7 +139,7 @@ def quantize_weights(model, spec: WeightOnlySpec, calibration=None):
     # A tied table is shared with the quantized lm_head where the layouts agree (symmetric: no
     # zero points; hidden size in whole blocks); otherwise the embedding gets its own copy.
     share = (tied is not None and spec.symmetric and spec.algorithm == "rtn"
-             and _matmul_k(model, tied[2]) % spec.block_size == 0)
+             and matmul_k(model, tied[2]) % spec.block_size == 0)
     if spec.embedding and not share:
         untie_embedding(model)
     op_types = ("MatMul", "Gather") if spec.embedding and not share else ("MatMul",)
@@ -244,7 +167,7 @@ def quantize_weights(model, spec: WeightOnlySpec, calibration=None):
                                             nodes_to_exclude=lora_matmuls(model), op_types_to_quantize=op_types,
                                             algo_config=config))
     if share:  # the checks above are the ones tied_lm_head_nbits makes on the quantized graph
-        embedding_reads_lm_head(out, *tied_lm_head_nbits(out))
+        share_quantized_table(out)
     for node in out.graph.node:
         if node.op_type == "MatMulNBits":
             kept = [a for a in node.attribute if a.name != "accuracy_level"]
@@ -256,11 +179,6 @@ def quantize_weights(model, spec: WeightOnlySpec, calibration=None):
 def _process(quantizer):
     quantizer.process()
     return getattr(quantizer.model, "model", quantizer.model)
-
-
-def _matmul_k(model, matmul) -> int:
-    """The inner (hidden) size of a MatMul with a constant [K, N] weight."""
-    return next(t.dims[0] for t in model.graph.initializer if t.name == matmul.input[1])
 
 
 def quantize_dynamic_int8(src: Path):
@@ -275,11 +193,3 @@ def quantize_dynamic_int8(src: Path):
         model = onnx.load(str(out), load_external_data=True)
         (Path(tmp) / DATA_FILE).unlink(missing_ok=True)
         return model
-
-
-def matmul_nbits_attributes(model) -> list[dict[str, int]]:
-    """The attributes of every MatMulNBits node (what the tests check against params)."""
-    from onnx import helper
-
-    return [{a.name: helper.get_attribute_value(a) for a in n.attribute}
-            for n in model.graph.node if n.op_type == "MatMulNBits"]
