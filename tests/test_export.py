@@ -68,7 +68,7 @@ def test_every_rung_loads_generates_and_stays_close_to_fp32(ladder_workspace):
         if (folder / ADAPTER_FILE).exists():
             model.load_adapter(folder / ADAPTER_FILE, "lora")
             adapter = "lora"
-        assert len(model.greedy(ids, 5, [-1], adapter=adapter)) == 5
+        assert 1 <= len(model.greedy(ids, 5, [-1], adapter=adapter)) <= 5  # genai also stops at the model's EOS
     for folder in (layout.ONNX_INT8, layout.ONNX_INT4):
         close_to_fp32(folder)
     close_to_fp32(layout.ONNX_ADAPTER_FP32, adapter=True, max_kl=1e-4, min_top1=1.0)
@@ -197,9 +197,11 @@ def test_bad_inputs_fail_before_writing(ladder_workspace):
     assert not layout.ONNX_INT4.exists()
 
 
-def close_to_fp32(folder: Path, adapter: bool = False, max_kl: float = 0.05, min_top1: float = 0.9) -> None:
+def close_to_fp32(folder: Path, adapter: bool = False, max_kl: float = 0.05, min_top1: float = 0.75) -> None:
     """The rung's next-token distribution against the FP32 rung's on real prompts: a garbage
-    graph that still generates tokens fails here."""
+    graph that still generates tokens fails here (its KL is far above the budget). Top-1
+    agreement is loose: the shrunk model's 60-step distributions are flat, full of near-ties
+    that any quantization flips (measured 0.84-0.86 at KL 0.005)."""
     tokenizer = load_tokenizer(layout.MERGED_DIR)
     ids = [t for p in prompts(3) for t in prompt_ids(tokenizer, p)]
     model = GenaiModel(folder, adapter_files=[folder / ADAPTER_FILE] if adapter else ())
