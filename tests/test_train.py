@@ -60,7 +60,9 @@ def test_adapter_config_is_canonical(tmp_path):
 
 
 def test_early_stopping_keeps_the_best_adapter(trained_workspace):
-    train.run(shrunk(["train.max_steps=60", "train.eval_every=2", "train.patience=1", "train.lr=0.5"]))
+    # A learning rate far too large, held (no decay): validation must get worse, and training stop.
+    train.run(shrunk(["train.max_steps=60", "train.eval_every=2", "train.patience=1", "train.lr=5",
+                      "train.schedule=constant"]))
     metrics = json.loads(layout.TRAIN_METRICS.read_text())
     assert metrics["stopped_early"] and metrics["steps_run"] < 60
     assert metrics["best_step"] < metrics["steps_run"]
