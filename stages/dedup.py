@@ -5,8 +5,10 @@ data.train (raw instruction records) ->
      share of one eval record's 7-grams (the Phi-4 report's hybrid decontamination);
   2. exact duplicates: the same text after NFKC, case folding and whitespace folding;
   3. near duplicates: datasketch MinHash signatures (sharded over worker processes) + LSH,
-     confirmed by exact Jaccard on word shingles and by the same-task checks (the answers
-     agree, no number swapped; textdedup.same_task); the first record of a group is kept.
+     confirmed by exact Jaccard on word shingles, or (short prompts, where Jaccard cannot see a
+     one-word edit) by a word alignment of the prompts whose edits touch no number or list item
+     (textdedup.reworded); and by the same-task checks (the answers agree, no number swapped;
+     textdedup.same_task); the first record of a group is kept.
 A record is removed for the first reason that applies, leaks first (the most serious).
 -> data/clean/train.jsonl, data/clean/removed.jsonl (reason and matched id), metrics/dedup.json
    (with recall and precision per planted kind when data.ground_truth names a file).
@@ -30,8 +32,10 @@ from stages.common.errors import PipelineError
 from stages.common.records import read_jsonl, record_kind, write_jsonl
 from stages.common.runtime import get_logger, stage_main
 from stages.common.textdedup import (
+    RewordRule,
     exact_duplicates,
     near_duplicates,
+    prompt_ngrams,
     record_text,
     score_against_truth,
     shingles,
@@ -48,6 +52,9 @@ def check_params(p: DictConfig) -> None:
         (0 < p.threshold <= 1, f"dedup.threshold={p.threshold} must be in (0, 1]"),
         (p.shingle_size >= 1, f"dedup.shingle_size={p.shingle_size} must be >= 1"),
         (p.num_perm >= 2, f"dedup.num_perm={p.num_perm} must be >= 2"),
+        (all(0 < p.reworded[k] <= 1 for k in ("candidates", "spelling", "max_changed")),
+         f"dedup.reworded.candidates, .spelling and .max_changed must be in (0, 1] ({dict(p.reworded)})"),
+        (p.reworded.max_words >= 1, f"dedup.reworded.max_words={p.reworded.max_words} must be >= 1"),
         (p.workers >= 1 and p.shard_size >= 1, "dedup.workers and dedup.shard_size must be >= 1"),
         (d.long_n >= 1 and d.short_n >= 1, f"dedup.decontamination n must be >= 1 (long_n={d.long_n}, "
                                            f"short_n={d.short_n})"),
@@ -74,8 +81,14 @@ def find_duplicates(records: list[dict], p: DictConfig, removed: dict[int, dict]
     start = time.perf_counter()
     sigs = signatures(shingle_sets, p.num_perm, p.workers, p.shard_size)
     seconds = time.perf_counter() - start
+    r = p.reworded
+    reword = RewordRule(r.candidates, r.spelling, r.max_changed, r.max_words) if r.enabled else None
+    # Only short prompts take part (the rest get an empty set and are never inserted or queried).
+    prompt_sigs = signatures([prompt_ngrams(rec["prompt"]) if len(rec.get("prompt", "").split()) <= r.max_words
+                              else set() for rec in records], p.num_perm, p.workers, p.shard_size) if reword else None
     for i, (j, score) in near_duplicates(records, shingle_sets, sigs, p.threshold, tuple(p.lsh_weights),
-                                         p.same_task.answers, p.same_task.numbers, skip=removed).items():
+                                         p.same_task.answers, p.same_task.numbers, skip=removed,
+                                         reword=reword, prompt_sigs=prompt_sigs).items():
         removed[i] = {"reason": "near_duplicate", "matched": records[j]["id"], "jaccard": round(score, 4)}
     return seconds
 

@@ -17,7 +17,6 @@ disk, and speed (prefill tokens/s, decode tokens/s, per-token latency p50/p95).
 
 from __future__ import annotations
 
-import json
 import sys
 from collections.abc import Iterator, Sequence
 
@@ -30,7 +29,7 @@ from stages.common.behaviour import LoopRule, is_loop, is_refusal
 from stages.common.chat import prompt_ids, response_ids, stop_token_ids
 from stages.common.checkpoint import base_checkpoint, load_tokenizer
 from stages.common.errors import PipelineError
-from stages.common.item_metrics import FIDELITY, value
+from stages.common.item_metrics import FIDELITY, items_json, value
 from stages.common.language_model import LanguageModel, open_rung
 from stages.common.lm import document_windows, next_token_fidelity, window_nll
 from stages.common.records import read_jsonl
@@ -181,17 +180,18 @@ def speed(model: LanguageModel, tokenizer, text: str, cfg: DictConfig) -> dict[s
 
 def evaluation_data(cfg: DictConfig, tokenizer) -> dict:
     """The same token ids for every rung, keyed by item id."""
-    e = cfg.evaluate
-    domain = read_jsonl(cfg.data.eval.domain_test, "task")[: e.max_task_examples]
-    general = read_jsonl(cfg.data.eval.general_test, "task")[: e.max_task_examples]
-    redteam = read_jsonl(cfg.data.eval.safety_redteam, "task")[: e.max_task_examples]
-    benign = read_jsonl(cfg.data.eval.safety_benign, "task")[: e.max_task_examples]
+    limit = cfg.evaluate.max_task_examples
+    domain = read_jsonl(cfg.data.eval.domain_test, "task")[:limit]
+    general = read_jsonl(cfg.data.eval.general_test, "task")[:limit]
+    redteam = read_jsonl(cfg.data.eval.safety_redteam, "task")[:limit]
+    benign = read_jsonl(cfg.data.eval.safety_benign, "task")[:limit]
     heldout = read_jsonl(cfg.data.eval.general_heldout, "text")
     # Domain perplexity scores each answer given its prompt (what the adapter is for, see
     # `answers`); general perplexity scores every token of held-out plain text.
     return {"domain": domain, "general": general, "redteam": redteam, "benign": benign,
             "speed_text": " ".join(r["text"] for r in heldout),
-            "general_windows": {r["id"]: [(ids, 1) for ids in document_windows(tokenizer, r["text"], e.ppl_window)]
+            "general_windows": {r["id"]: [(ids, 1) for ids in document_windows(tokenizer, r["text"],
+                                                                                   cfg.evaluate.ppl_window)]
                                 for r in heldout}}
 
 
@@ -206,14 +206,13 @@ def evaluate_rung(rung: Rung, cfg: DictConfig) -> tuple[dict, dict]:
     tokenizer = load_tokenizer(base_checkpoint(cfg) if rung.name == "torch_base" else layout.MERGED_DIR)
     data = evaluation_data(cfg, tokenizer)
     model = open_rung(rung, cfg)
-    e = cfg.evaluate
+    new_tokens, window = cfg.evaluate.max_new_tokens, cfg.evaluate.ppl_window
     items: dict[str, dict] = {}
     seconds: dict[str, float] = {}
     with timed(log, f"{rung.name}: answers") as t:
-        items["domain_acc"], items["domain_ppl"] = answers(model, tokenizer, data["domain"], e.max_new_tokens,
-                                                           e.ppl_window, "domain")
-        items["general_acc"], _ = answers(model, tokenizer, data["general"], e.max_new_tokens, e.ppl_window,
-                                          "general")
+        items["domain_acc"], items["domain_ppl"] = answers(model, tokenizer, data["domain"], new_tokens, window,
+                                                           "domain")
+        items["general_acc"], _ = answers(model, tokenizer, data["general"], new_tokens, window, "general")
     seconds["answers"] = t["seconds"]
     with timed(log, f"{rung.name}: generations (safety, degeneration)") as t:
         items |= behaviour(model, tokenizer, data, cfg)
@@ -234,15 +233,6 @@ def evaluate_rung(rung: Rung, cfg: DictConfig) -> tuple[dict, dict]:
     seconds["speed"] = t["seconds"]
     metrics["seconds"] = seconds
     return metrics, items
-
-
-def items_json(items: dict[str, dict]) -> str:
-    """Valid JSON with one item per line: a reviewer's diff shows the items that changed."""
-    blocks = []
-    for metric in sorted(items):
-        rows = ",\n".join(f"    {json.dumps(k)}: {json.dumps(v)}" for k, v in sorted(items[metric].items()))
-        blocks.append(f"  {json.dumps(metric)}: {{\n{rows}\n  }}")
-    return "{\n" + ",\n".join(blocks) + "\n}\n"
 
 
 def run(cfg: DictConfig, rung_name: str) -> None:

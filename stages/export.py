@@ -12,8 +12,6 @@ tokenizer, chat template) and uses external data, so a > 2 GB model exports the 
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from omegaconf import DictConfig
 
 from stages.common import layout
@@ -23,27 +21,13 @@ from stages.common.onnx_models import (
     ADAPTER_FILE,
     check_builder_input,
     check_export_target,
+    export_base_with_adapter,
     folder_megabytes,
-    load,
-    lora_as_inputs,
-    lora_weights,
     run_builder,
-    save_canonical,
-    write_adapter_file,
 )
 from stages.common.runtime import get_logger, stage_main
 
 log = get_logger(__name__)
-
-
-def export_base_with_adapter(base_dir: Path, adapter_dir: Path, provider: str, precision: str, out: Path) -> int:
-    """The base graph with LoRA weights as inputs, and the trained adapter beside it."""
-    run_builder(base_dir, out, precision, provider, {"adapter_path": adapter_dir})
-    model = load(out)
-    write_adapter_file(lora_weights(model), out / ADAPTER_FILE)
-    names = lora_as_inputs(model)
-    save_canonical(model, out)
-    return len(names)
 
 
 def run(cfg: DictConfig) -> None:
@@ -54,9 +38,9 @@ def run(cfg: DictConfig) -> None:
     check_builder_input(base_dir)
 
     with atomic_path(layout.ONNX_FP32) as tmp:
-        run_builder(layout.MERGED_DIR, tmp, precision, provider)
+        run_builder(layout.MERGED_DIR, tmp, precision, provider, serving=cfg.serving)
     with atomic_path(layout.ONNX_ADAPTER_FP32) as tmp:
-        lora_tensors = export_base_with_adapter(base_dir, layout.ADAPTER_DIR, provider, precision, tmp)
+        lora_tensors = export_base_with_adapter(base_dir, layout.ADAPTER_DIR, provider, precision, tmp, cfg.serving)
     metrics = {"fp32_mb": folder_megabytes(layout.ONNX_FP32, weights_only=True),
                "adapter_fp32_mb": folder_megabytes(layout.ONNX_ADAPTER_FP32, weights_only=True),
                "adapter_file_mb": round((layout.ONNX_ADAPTER_FP32 / ADAPTER_FILE).stat().st_size / 1e6, 3),

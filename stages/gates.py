@@ -23,7 +23,7 @@ from omegaconf import DictConfig
 from stages.common import layout
 from stages.common.atomic import write_json, write_text
 from stages.common.errors import PipelineError
-from stages.common.item_metrics import change, estimate, items_key, value
+from stages.common.item_metrics import LM_EVAL, change, estimate, harness_metrics, items_key, value
 from stages.common.paired import FAIL, INCONCLUSIVE, PASS, Estimate, Judgement, judge
 from stages.common.rungs import RUNGS
 from stages.common.runtime import get_logger, stage_main
@@ -61,6 +61,10 @@ RULES: dict[str, tuple[Rule, ...]] = {
 # Measured, not sampled (no interval): bytes on disk against the reference's, and the 99th
 # percentile of per-token KL (the tail that a mean hides: a few tokens the quant gets badly wrong).
 SIZE_RULE, KL_TAIL_RULE = "max_size_ratio", "max_kl_p99"
+# Any lm-eval metric (the harness stage): gates.<rung>.lm_eval: {<task>/<metric>: margin}, the paired
+# change against the rung's reference on the same documents, worse by at most the margin (which
+# way is worse: lm-eval's higher_is_better for that metric).
+LM_EVAL_RULE = "lm_eval"
 SETTINGS = ("strict", "confidence", "resamples")
 
 
@@ -97,10 +101,17 @@ class Check:
 
 
 def load_items(rung: str) -> dict:
+    """evaluate's per-item results, and the harness's as "lm_eval/<task>/<metric>" (item_metrics)."""
     path = layout.EVAL_ITEMS_DIR / f"{rung}.json"
     if not path.is_file():
         raise PipelineError(f"{path}: missing; run `dvc repro evaluate@{rung}` first")
-    return json.loads(path.read_text())
+    harness = layout.HARNESS_ITEMS_DIR / f"{rung}.json"
+    return {**json.loads(path.read_text()), **(harness_metrics(json.loads(harness.read_text()))
+                                               if harness.is_file() else {})}
+
+
+def load_harness_summary() -> dict:
+    return json.loads(layout.HARNESS_METRICS.read_text()) if layout.HARNESS_METRICS.is_file() else {}
 
 
 def load_summary(rung: str) -> dict:
@@ -110,8 +121,9 @@ def load_summary(rung: str) -> dict:
     return json.loads(path.read_text())
 
 
-def budgets(g: DictConfig) -> dict[str, dict[str, float]]:
-    """gates.<rung>.<rule>: each rung's budget, every key checked against the known rules."""
+def budgets(g: DictConfig) -> dict[str, dict]:
+    """gates.<rung>.<rule>: each rung's budget, every key checked against the known rules (an
+    lm_eval budget is a mapping of <task>/<metric> to its margin)."""
     out = {}
     for name, budget in g.items():
         if name in SETTINGS:
@@ -119,22 +131,42 @@ def budgets(g: DictConfig) -> dict[str, dict[str, float]]:
         if name not in RUNGS or RUNGS[name].reference is None:
             raise PipelineError(f"gates.{name}: not a rung with a reference; budgets are keyed by rung "
                                 f"({', '.join(r for r in RUNGS if RUNGS[r].reference)})")
-        unknown = set(budget) - set(RULES) - {SIZE_RULE, KL_TAIL_RULE}
+        unknown = set(budget) - set(RULES) - {SIZE_RULE, KL_TAIL_RULE, LM_EVAL_RULE}
         if unknown:
             raise PipelineError(f"gates.{name}.{sorted(unknown)[0]}: unknown rule; known: "
-                                f"{', '.join([*RULES, SIZE_RULE, KL_TAIL_RULE])}")
-        out[str(name)] = {str(k): float(v) for k, v in budget.items()}
+                                f"{', '.join([*RULES, SIZE_RULE, KL_TAIL_RULE, LM_EVAL_RULE])}")
+        out[str(name)] = {str(k): ({str(m): float(x) for m, x in v.items()} if k == LM_EVAL_RULE else float(v))
+                          for k, v in budget.items()}
     return out
 
 
-def checks(items: Mapping[str, dict], summaries: Mapping[str, dict], g: DictConfig, seed: int) -> list[Check]:
+def lm_eval_rules(rung: str, specs: Mapping[str, float], harness: Mapping[str, dict]) -> list[tuple[Rule, float]]:
+    """(rule, margin) for each <task>/<metric> of a gates.<rung>.lm_eval budget."""
+    out = []
+    for spec, margin in specs.items():
+        task, _, metric = spec.partition("/")
+        known = harness.get(rung, {}).get("tasks", {}).get(task, {}).get("higher_is_better", {})
+        if metric not in known:
+            raise PipelineError(f"gates.{rung}.lm_eval.{spec}: metrics/harness.json has no metric {metric!r} of "
+                                f"task {task!r} for {rung} (name it <task>/<metric>, the task in "
+                                "evaluate.lm_eval.tasks, and run `dvc repro harness`)")
+        higher = known[metric]
+        out.append((Rule(f"{LM_EVAL}{task}/{metric}", "change", ">=" if higher else "<=", -1 if higher else 1),
+                    margin))
+    return out
+
+
+def checks(items: Mapping[str, dict], summaries: Mapping[str, dict], g: DictConfig, seed: int,
+           harness: Mapping[str, dict] | None = None) -> list[Check]:
     rows = []
     for rung, budget in budgets(g).items():
         reference = RUNGS[rung].reference
         for rule, limit in budget.items():
             if rule in (SIZE_RULE, KL_TAIL_RULE):
                 continue
-            for r in RULES[rule]:
+            rules = lm_eval_rules(rung, limit, harness or {}) if rule == LM_EVAL_RULE else \
+                [(r, limit) for r in RULES[rule]]
+            for r, margin in rules:
                 against = BASE if r.against_base else reference
                 mine = rung_items(items, rung, r.metric)
                 if r.statistic == "change":
@@ -144,7 +176,7 @@ def checks(items: Mapping[str, dict], summaries: Mapping[str, dict], g: DictConf
                 else:
                     est = estimate(r.metric, mine, g.confidence, seed, g.resamples)
                     ref_value = None
-                threshold = r.sign * limit
+                threshold = r.sign * margin
                 rows.append(Check(rung, against, r.metric, r.statistic, value(r.metric, mine), ref_value, est,
                                   threshold, r.direction, judge(est, threshold, r.direction)))
         if SIZE_RULE in budget:  # a measured size, not a sample: no interval
@@ -164,8 +196,10 @@ def checks(items: Mapping[str, dict], summaries: Mapping[str, dict], g: DictConf
 def rung_items(items: Mapping[str, dict], rung: str, metric: str) -> dict:
     key = items_key(metric)
     if key not in items[rung]:
-        raise PipelineError(f"{layout.EVAL_ITEMS_DIR / rung}.json has no {key!r} items (written by an older "
-                            f"evaluate?); re-run `dvc repro evaluate@{rung}`")
+        where = "the harness items (metrics/harness/items)" if key.startswith(LM_EVAL) else \
+            f"{layout.EVAL_ITEMS_DIR / rung}.json"
+        raise PipelineError(f"{where} of {rung} has no {key!r} items (written by an older run?); re-run "
+                            f"`dvc repro`")
     return items[rung][key]
 
 
@@ -224,7 +258,7 @@ def run(cfg: DictConfig) -> None:
         raise PipelineError(f"gates.confidence={g.confidence}: expected a level in (0.5, 1), e.g. 0.95")
     summaries = {rung: load_summary(rung) for rung in RUNGS}
     items = {rung: load_items(rung) for rung in RUNGS}
-    rows = checks(items, summaries, g, cfg.seed)
+    rows = checks(items, summaries, g, cfg.seed, load_harness_summary())
     failed = [c for c in rows if c.verdict != PASS]
     cost = adapter_decode_cost(summaries)
     extra = ["Adapter path decode speed vs its merged rung: "

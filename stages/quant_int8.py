@@ -45,7 +45,7 @@ def run(cfg: DictConfig) -> None:
     with atomic_path(layout.ONNX_INT8) as tmp:
         if q.method == "builder":
             run_builder(layout.MERGED_DIR, tmp, "int8", cfg.model.execution_provider,
-                        {"block_size": q.block_size, "accuracy_level": q.accuracy_level})
+                        {"block_size": q.block_size, "accuracy_level": q.accuracy_level}, cfg.serving)
             if q.quantize_embedding and ties_embeddings(layout.MERGED_DIR):
                 share_tied_table(tmp)
         else:

@@ -91,3 +91,29 @@ def ladder_workspace(ladder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPat
     shutil.copytree(ladder, tmp_path, dirs_exist_ok=True)
     monkeypatch.chdir(tmp_path)
     return tmp_path
+
+
+@pytest.fixture(scope="session")
+def evaluated_ladder(ladder: Path, tmp_path_factory) -> Path:
+    """The shrunk ladder with every rung evaluated once (shared, read-only)."""
+    from stages import evaluate
+    from stages.common.rungs import RUNGS
+
+    root = tmp_path_factory.mktemp("evaluated")
+    shutil.copytree(ladder, root, dirs_exist_ok=True)
+    cwd = Path.cwd()
+    os.chdir(root)
+    try:
+        for rung in RUNGS:
+            evaluate.run(shrunk(), rung)
+    finally:
+        os.chdir(cwd)
+    return root
+
+
+@pytest.fixture
+def evaluated(evaluated_ladder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A private copy of the evaluated ladder as the working directory."""
+    shutil.copytree(evaluated_ladder, tmp_path, dirs_exist_ok=True)
+    monkeypatch.chdir(tmp_path)
+    return tmp_path

@@ -105,6 +105,13 @@ def test_rungs_are_the_evaluate_matrix():
     gates_deps = set(STAGES["gates"]["deps"])
     for name in RUNGS:
         assert {f"metrics/eval/{name}.json", f"metrics/eval/items/{name}.json"} <= gates_deps
+    assert {str(layout.HARNESS_METRICS), str(layout.HARNESS_ITEMS_DIR)} <= gates_deps
+
+
+def test_the_harness_loads_every_rung_and_pairs_with_its_items():
+    deps = set(STAGES["harness"]["deps"])
+    for name, rung in RUNGS.items():
+        assert {str(rung.folder), f"metrics/eval/items/{name}.json"} <= deps, name
 
 
 def declared_outputs() -> set[str]:

@@ -1,11 +1,8 @@
 """Evaluate and gates on the shrunk ladder: every rung, its per-item files, and the verdict."""
 
 import json
-import os
-import shutil
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -21,29 +18,6 @@ from stages.common.rungs import RUNGS
 from tests.conftest import SHRUNK_OVERRIDES, shrunk
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="session")
-def evaluated_ladder(ladder: Path, tmp_path_factory) -> Path:
-    """The shrunk ladder with every rung evaluated once (shared, read-only)."""
-    root = tmp_path_factory.mktemp("evaluated")
-    shutil.copytree(ladder, root, dirs_exist_ok=True)
-    cwd = Path.cwd()
-    os.chdir(root)
-    try:
-        for rung in RUNGS:
-            evaluate.run(shrunk(), rung)
-    finally:
-        os.chdir(cwd)
-    return root
-
-
-@pytest.fixture
-def evaluated(evaluated_ladder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """A private copy of the evaluated ladder as the working directory."""
-    shutil.copytree(evaluated_ladder, tmp_path, dirs_exist_ok=True)
-    monkeypatch.chdir(tmp_path)
-    return tmp_path
 
 
 def summary(rung: str) -> dict:

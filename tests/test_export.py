@@ -192,8 +192,8 @@ def test_bad_inputs_fail_before_writing(ladder_workspace):
     with pytest.raises(PipelineError, match="missing tokenizer.json"):
         export.run(shrunk())
     assert not layout.ONNX_DIR.exists()
-    with pytest.raises(PipelineError, match="unknown; choose one of rtn, k_quant, hqq, gptq"):
-        quant_int4.run(shrunk(["quant_int4.algorithm=awq"]))
+    with pytest.raises(PipelineError, match="unknown; choose one of rtn, k_quant, hqq, gptq, awq"):
+        quant_int4.run(shrunk(["quant_int4.algorithm=squeezellm"]))
     assert not layout.ONNX_INT4.exists()
 
 
@@ -210,14 +210,18 @@ def close_to_fp32(folder: Path, adapter: bool = False, max_kl: float = 0.05, min
     assert kl.mean() < max_kl and same.mean() >= min_top1, (folder, kl.mean(), same.mean())
 
 
-@pytest.mark.parametrize("algorithm", ["k_quant", "hqq", "gptq"])
+@pytest.mark.parametrize("algorithm", ["k_quant", "hqq", "gptq", "awq"])
 def test_every_int4_algorithm_stays_close_to_fp32(ladder_workspace, algorithm):
-    quant_int4.run(shrunk([f"quant_int4.algorithm={algorithm}", "quant_int4.gptq_calibration_samples=4",
+    """Both INT4 rungs, the hot-swap one through its adapter file (for awq: the adapter
+    transformed with the base's AWQ scales, which are saved beside each rung)."""
+    quant_int4.run(shrunk([f"quant_int4.algorithm={algorithm}", "quant_int4.calibration_samples=4",
                            "quant_int4.keep_8bit=[]"]))
     attrs = matmul_nbits_attributes(load(layout.ONNX_INT4))
     assert attrs and all(a["bits"] == 4 and a["accuracy_level"] == 4 for a in attrs)
     close_to_fp32(layout.ONNX_INT4)
     close_to_fp32(layout.ONNX_ADAPTER_INT4, adapter=True)
+    for folder in (layout.ONNX_INT4, layout.ONNX_ADAPTER_INT4):
+        assert (folder / quant_int4.AWQ_SCALES).is_file() == (algorithm == "awq")
 
 
 def nbits_by_name(folder: Path) -> dict[str, int]:
@@ -257,3 +261,22 @@ def test_keep_8bit_pattern_that_matches_nothing_is_an_error(ladder_workspace):
     with pytest.raises(PipelineError, match="keep_8bit: 'lmhead' matches no MatMul"):
         quant_int4.run(shrunk(["quant_int4.keep_8bit=[lmhead]"]))
     assert not layout.ONNX_INT4.exists()
+
+
+def test_serving_knobs_reach_every_rungs_genai_config(ladder_workspace):
+    """serving.* as set, in the genai_config.json of every ONNX rung the stages write (the INT4
+    rungs inherit the float rungs' files), and a rung loads and scores the same with them."""
+    tokenizer = load_tokenizer(layout.MERGED_DIR)
+    ids = [t for p in prompts(2) for t in prompt_ids(tokenizer, p)]
+    before = GenaiModel(layout.ONNX_FP32).logits(ids)
+    cfg = shrunk(["serving.intra_op_num_threads=1", "serving.inter_op_num_threads=1", "serving.max_length=300",
+                  "serving.past_present_share_buffer=false"])
+    for stage in (export, quant_int8, quant_int4):
+        stage.run(cfg)
+    for folder in (layout.ONNX_FP32, layout.ONNX_ADAPTER_FP32, layout.ONNX_INT8, layout.ONNX_INT4,
+                   layout.ONNX_ADAPTER_INT4):
+        config = json.loads((folder / "genai_config.json").read_text())
+        session = config["model"]["decoder"]["session_options"]
+        assert (session["intra_op_num_threads"], session["inter_op_num_threads"]) == (1, 1), folder
+        assert (config["search"]["max_length"], config["search"]["past_present_share_buffer"]) == (300, False), folder
+    np.testing.assert_allclose(GenaiModel(layout.ONNX_FP32).logits(ids), before, atol=1e-4)

@@ -17,28 +17,41 @@ import subprocess
 from pathlib import Path
 
 from stages.common import layout
-from stages.common.item_metrics import KINDS, PERPLEXITY, ItemsMismatch, change, items_key, value
+from stages.common.item_metrics import (
+    PERPLEXITY,
+    ItemsMismatch,
+    change,
+    harness_metrics,
+    is_metric,
+    items_key,
+    kind,
+    value,
+)
 from stages.common.params import load_params
 
 
 def items_at(rev: str | None, rung: str) -> dict | None:
     """The rung's per-item results in the working tree (rev None) or at a git revision."""
-    path = layout.EVAL_ITEMS_DIR / f"{rung}.json"
-    if rev is None:
-        return json.loads(path.read_text()) if path.is_file() else None
-    shown = subprocess.run(["git", "show", f"{rev}:{path}"], capture_output=True, text=True)
-    return json.loads(shown.stdout) if shown.returncode == 0 else None
+    def read(path: Path) -> dict | None:
+        if rev is None:
+            return json.loads(path.read_text()) if path.is_file() else None
+        shown = subprocess.run(["git", "show", f"{rev}:{path}"], capture_output=True, text=True)
+        return json.loads(shown.stdout) if shown.returncode == 0 else None
+
+    items = read(layout.EVAL_ITEMS_DIR / f"{rung}.json")
+    harness = read(layout.HARNESS_ITEMS_DIR / f"{rung}.json")
+    return None if items is None else {**items, **harness_metrics(harness or {})}
 
 
 def fmt_change(metric: str, x: float) -> str:
-    return f"{x:+.2%}" if KINDS[metric] == PERPLEXITY else f"{x:+.4g}"
+    return f"{x:+.2%}" if kind(metric) == PERPLEXITY else f"{x:+.4g}"
 
 
 def rows(rev: str, gates: dict, cfg) -> list[str]:
     g = cfg.gates
     verdicts: dict[tuple[str, str], list[str]] = {}
     for check in gates["details"]:
-        if check["metric"] in KINDS:
+        if is_metric(check["metric"]):
             verdicts.setdefault((check["rung"], check["metric"]), []).append(check["verdict"])
     out = []
     for (rung, metric), verdict in verdicts.items():
@@ -56,7 +69,7 @@ def rows(rev: str, gates: dict, cfg) -> list[str]:
             shown = f"{fmt_change(metric, e.point)} | [{fmt_change(metric, e.low)}, {fmt_change(metric, e.high)}] " \
                     f"paired, {e.items} items"
         except ItemsMismatch:
-            diff = now / before - 1 if KINDS[metric] == PERPLEXITY else now - before
+            diff = now / before - 1 if kind(metric) == PERPLEXITY else now - before
             shown = f"{fmt_change(metric, diff)} | plain diff (unpaired: eval sets differ)"
         out.append(f"| {rung} | {metric} | {before:.4g} | {now:.4g} | {shown} | {', '.join(verdict)} |")
     return out

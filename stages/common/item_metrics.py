@@ -12,6 +12,7 @@ Comparisons between rungs are paired on item ids (paired.py).
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Mapping
 
@@ -26,23 +27,48 @@ KINDS = {"domain_acc": RATE, "general_acc": RATE, "domain_ppl": PERPLEXITY, "gen
          "no_stop_rate": RATE}
 
 
+LM_EVAL = "lm_eval/"  # lm-eval metrics: "lm_eval/<task>/<metric>", one value per document, the mean
+
+
+def kind(metric: str) -> str:
+    if metric.startswith(LM_EVAL):
+        return RATE  # lm-eval's per-document acc, exact_match...: the task's metric is their mean
+    return KINDS[metric]
+
+
+def harness_metrics(harness_items: Mapping[str, Mapping]) -> dict[str, dict]:
+    """A harness items file ({task: {doc id: {metric: value, "response": text}}}) as metrics like
+    evaluate's: {"lm_eval/<task>/<metric>": {doc id: value}}."""
+    out: dict[str, dict] = {}
+    for task, docs in harness_items.items():
+        for doc_id, row in docs.items():
+            for metric, v in row.items():
+                if metric != "response":
+                    out.setdefault(f"{LM_EVAL}{task}/{metric}", {})[doc_id] = v
+    return out
+
+
+def is_metric(name: str) -> bool:
+    return name in KINDS or name.startswith(LM_EVAL)
+
+
 class ItemsMismatch(ValueError):
     """Two items files do not hold the same items: no paired comparison exists."""
 
 
 def items_key(metric: str) -> str:
-    return FIDELITY if KINDS[metric] in (KL, TOP1) else metric
+    return FIDELITY if kind(metric) in (KL, TOP1) else metric
 
 
 def columns(metric: str, items: Mapping[str, object], ids: list[str]) -> list[np.ndarray]:
     """The per-item arrays a metric's statistic reads, in `ids` order."""
-    kind = KINDS[metric]
+    k = kind(metric)
     rows = np.asarray([items[i] for i in ids], dtype=np.float64)
-    if kind == RATE:
+    if k == RATE:
         return [rows]
-    if kind == PERPLEXITY:
+    if k == PERPLEXITY:
         return [rows[:, 0], rows[:, 1]]
-    return [rows[:, 0] if kind == KL else rows[:, 2], rows[:, 1]]
+    return [rows[:, 0] if k == KL else rows[:, 2], rows[:, 1]]
 
 
 # Statistics over the item axis (-1), vectorized for the bootstrap.
@@ -70,10 +96,10 @@ def _ratio_change(x_a, n_a, x_b, n_b, axis=-1):
 def value(metric: str, items: Mapping[str, object]) -> float:
     """The metric over all items of one rung."""
     cols = columns(metric, items, sorted(items))
-    kind = KINDS[metric]
-    if kind == RATE:
+    k = kind(metric)
+    if k == RATE:
         return float(_mean(cols[0]))
-    if kind == PERPLEXITY:
+    if k == PERPLEXITY:
         return math.exp(float(_ratio_of_sums(*cols)))
     return float(_ratio_of_sums(*cols))
 
@@ -82,8 +108,8 @@ def estimate(metric: str, items: Mapping[str, object], confidence: float, seed: 
     """The metric of one rung with its interval (items resampled): for KL and top-1 agreement,
     which already compare a rung with its reference token by token."""
     cols = columns(metric, items, sorted(items))
-    statistic = _mean if KINDS[metric] == RATE else _ratio_of_sums
-    if KINDS[metric] == PERPLEXITY:
+    statistic = _mean if kind(metric) == RATE else _ratio_of_sums
+    if kind(metric) == PERPLEXITY:
         raise ValueError("a perplexity is compared between rungs (change), not bounded alone")
     return interval(cols, statistic, confidence, seed, resamples)
 
@@ -96,10 +122,21 @@ def change(metric: str, items: Mapping[str, object], reference: Mapping[str, obj
         only = sorted(set(items) ^ set(reference))
         raise ItemsMismatch(f"{len(only)} item ids are in one file only (e.g. {only[:3]})")
     ids = sorted(items)
-    kind = KINDS[metric]
-    if kind == RATE:
+    k = kind(metric)
+    if k == RATE:
         return interval([*columns(metric, items, ids), *columns(metric, reference, ids)], _rate_change,
                         confidence, seed, resamples)
-    statistic = _perplexity_change if kind == PERPLEXITY else _ratio_change
+    statistic = _perplexity_change if k == PERPLEXITY else _ratio_change
     return interval([*columns(metric, items, ids), *columns(metric, reference, ids)], statistic, confidence, seed,
                     resamples)
+
+
+def items_json(items: Mapping[str, Mapping]) -> str:
+    """An items file: valid JSON with one item per line, so a reviewer's diff shows the items
+    that changed (evaluate's and the harness's alike)."""
+    blocks = []
+    for metric in sorted(items):
+        rows = ",\n".join(f"    {json.dumps(k)}: {json.dumps(v, sort_keys=True, ensure_ascii=False)}"
+                          for k, v in sorted(items[metric].items()))
+        blocks.append(f"  {json.dumps(metric)}: {{\n{rows}\n  }}")
+    return "{\n" + ",\n".join(blocks) + "\n}\n"

@@ -144,7 +144,7 @@ def open_rung(rung: Rung, cfg: DictConfig) -> LanguageModel:
     if rung.runtime == "torch":
         return TorchModel(folder, cfg.model.dtype, cfg.model.device)
     from stages.common.genai import GenaiModel
-    from stages.common.onnx_models import ADAPTER_FILE
+    from stages.common.layout import ADAPTER_FILE
 
     if not rung.adapter:
         return GenaiModel(folder, provider=cfg.evaluate.provider)

@@ -19,10 +19,10 @@ from pathlib import Path
 import numpy as np
 
 from stages.common.errors import PipelineError
+from stages.common.layout import ADAPTER_FILE
 
 MODEL_FILE = "model.onnx"
 DATA_FILE = "model.onnx.data"
-ADAPTER_FILE = "lora.onnx_adapter"
 LORA_RANK_DIM = "lora_rank"
 BUILDER_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
 # (execution provider, float precision) pairs the builder makes a working graph for. CPU runs
@@ -48,12 +48,15 @@ def check_builder_input(path: Path) -> None:
 
 
 def run_builder(input_dir: Path, output_dir: Path, precision: str, provider: str,
-                extra_options: Mapping[str, object] | None = None) -> None:
-    """onnxruntime-genai's model builder, offline, on a local HF folder.
+                extra_options: Mapping[str, object] | None = None, serving: Mapping | None = None) -> None:
+    """onnxruntime-genai's model builder, offline, on a local HF folder, then the serving knobs
+    (stages/common/serving.py) written into its genai_config.json.
 
     Only option names the builder really reads are passed (it silently ignores unknown ones,
     e.g. the old int4_* names), and tests read the output graph to prove they took effect.
     """
+    from stages.common.serving import write_serving
+
     check_builder_input(input_dir)
     options = [f"{k}={v}" for k, v in (extra_options or {}).items()]
     with tempfile.TemporaryDirectory(prefix="builder-cache-") as cache:
@@ -68,6 +71,8 @@ def run_builder(input_dir: Path, output_dir: Path, precision: str, provider: str
     if done.returncode != 0 or not (output_dir / MODEL_FILE).is_file():
         tail = "\n".join((done.stdout + done.stderr).strip().splitlines()[-15:])
         raise PipelineError(f"ONNX builder failed on {input_dir} ({precision}, {provider}):\n{tail}")
+    if serving is not None:
+        write_serving(output_dir, serving, provider)
 
 
 def load(folder: Path):
@@ -159,3 +164,14 @@ def adapter_weights_from_peft(base_dir: Path, adapter_dir: Path, provider: str,
     with tempfile.TemporaryDirectory(prefix="adapter-build-") as tmp:
         run_builder(base_dir, Path(tmp), precision, provider, {"adapter_path": adapter_dir})
         return lora_weights(load(Path(tmp)))
+
+
+def export_base_with_adapter(base_dir: Path, adapter_dir: Path, provider: str, precision: str, out: Path,
+                             serving: Mapping | None = None) -> int:
+    """The base graph with LoRA weights as inputs, and the trained adapter beside it."""
+    run_builder(base_dir, out, precision, provider, {"adapter_path": adapter_dir}, serving)
+    model = load(out)
+    write_adapter_file(lora_weights(model), out / ADAPTER_FILE)
+    names = lora_as_inputs(model)
+    save_canonical(model, out)
+    return len(names)

@@ -18,6 +18,9 @@ from stages.common.errors import PipelineError
 from stages.common.params import load_params
 
 T = TypeVar("T")
+# Libraries whose INFO lines drown a stage's own: onnxruntime's quantizers log two lines per node,
+# lm-eval one per request batch.
+QUIET = ("onnxruntime", "lm_eval", "lm-eval")
 
 
 def get_logger(name: str) -> logging.Logger:
@@ -26,6 +29,8 @@ def get_logger(name: str) -> logging.Logger:
 
         logging.basicConfig(level=os.environ.get("LOG_LEVEL", "INFO"), format="%(message)s",
                             datefmt="[%X]", handlers=[RichHandler(show_path=False, markup=False)])
+        for library in QUIET:
+            logging.getLogger(library).setLevel(logging.WARNING)
     return logging.getLogger(name)
 
 

@@ -6,12 +6,17 @@ the eval sets is its own module (decontamination.py).
 
 Word-shingle Jaccard alone misleads on short records: "Convert 3 km to miles" and "Convert 30 km
 to miles" share half their shingles and are different tasks. So a near-duplicate must also be
-the same task (`same_task`): its answers agree, and no number was swapped for another. Measured
-on data/bench/short_instructions.jsonl (data/README.md, "Dedup on short records").
+the same task (`same_task`): its answers agree, and no number was swapped for another. And the
+reverse: a one-word edit of a four-word prompt ("Is 40 a prime number?" / "Is 40 prime number?",
+a typo, a "please") leaves word-shingle Jaccard far below any safe threshold, so a re-worded prompt
+is a second way in (`reworded`): an alignment of the two prompts' words whose edits touch no
+parameter. Measured on data/bench/short_instructions.jsonl (data/README.md, "Dedup on short
+records").
 """
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import re
 import unicodedata
@@ -19,10 +24,13 @@ import zlib
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
 
 import numpy as np
 
 WORD = re.compile(r"\w+")
+WORD_OR_SEPARATOR = re.compile(r"\w+|[,;]")
+PROMPT_NGRAM = 3  # characters per shingle of the re-worded-prompt candidates: a typo keeps most of them
 
 
 def normalize(text: str) -> str:
@@ -116,22 +124,69 @@ def same_task(a: dict, b: dict, check_answers: bool, check_numbers: bool) -> boo
     return (not check_answers or answers_agree(a, b)) and (not check_numbers or numbers_agree(a, b))
 
 
+def prompt_words(text: str) -> list[tuple[str, bool]]:
+    """A prompt's words, each with whether it is a parameter of the request: a number, or an item
+    of a comma- or semicolon-separated list (the things that make another task when changed)."""
+    tokens = WORD_OR_SEPARATOR.findall(normalize(text))
+    return [(t, t.isdigit() or (k > 0 and tokens[k - 1] in ",;") or (k + 1 < len(tokens) and tokens[k + 1] in ",;"))
+            for k, t in enumerate(tokens) if t not in ",;"]
+
+
+def prompt_ngrams(text: str) -> set[str]:
+    joined = " ".join(words(text))
+    return {joined[i : i + PROMPT_NGRAM] for i in range(max(1, len(joined) - PROMPT_NGRAM + 1))}
+
+
+def reworded(a: str, b: str, spelling: float, max_changed: float) -> bool:
+    """The same request re-worded: aligned word by word (difflib), the two prompts differ by edits
+    that touch no parameter (`prompt_words`), whose substitutions are spelling variants (character
+    similarity >= `spelling`: "tehse"/"these" 0.8, "river"/"silver" 0.73), and that change at most
+    `max_changed` of the longer prompt's words (a greeting or a "please" added, a word dropped)."""
+    wa, wb = prompt_words(a), prompt_words(b)
+    changed = 0
+    for op, i1, i2, j1, j2 in difflib.SequenceMatcher(None, [w for w, _ in wa], [w for w, _ in wb],
+                                                      autojunk=False).get_opcodes():
+        if op == "equal":
+            continue
+        if any(param for _, param in (*wa[i1:i2], *wb[j1:j2])):
+            return False
+        if op == "replace" and (i2 - i1 != j2 - j1 or any(
+                difflib.SequenceMatcher(None, x, y).ratio() < spelling
+                for (x, _), (y, _) in zip(wa[i1:i2], wb[j1:j2], strict=True))):
+            return False
+        changed += max(i2 - i1, j2 - j1)
+    return changed <= max_changed * max(len(wa), len(wb))
+
+
+@dataclass(frozen=True)
+class RewordRule:
+    candidates: float   # LSH threshold on the prompts' character n-grams that proposes pairs
+    spelling: float     # `reworded`'s similarity for a substituted word
+    max_changed: float  # `reworded`'s share of the longer prompt's words that may change
+    max_words: int      # only prompts this short: longer ones share enough shingles for Jaccard
+
+
 def near_duplicates(records: Sequence[dict], shingle_sets: Sequence[set[str]], sigs: np.ndarray, threshold: float,
                     lsh_weights: tuple[float, float], check_answers: bool = True, check_numbers: bool = True,
-                    skip: Iterable[int] = ()) -> dict[int, tuple[int, float]]:
+                    skip: Iterable[int] = (), reword: RewordRule | None = None,
+                    prompt_sigs: np.ndarray | None = None) -> dict[int, tuple[int, float]]:
     """index -> (earliest kept index it duplicates, exact Jaccard of their shingles).
 
     A pair is a near-duplicate when it is the same task (`same_task`) and either its shingle
     Jaccard reaches `threshold`, or its prompts are equal after normalization (the same question
     with its answer re-worded, "24" / "The answer is 24.", which short records cannot reach by
-    Jaccard). LSH (datasketch, bands x rows chosen for `threshold` and the weights) proposes the
-    Jaccard candidates; each is confirmed on the exact shingle sets, so precision does not rest
-    on the MinHash estimate. Records are visited in input order and the first of a group is kept.
+    Jaccard), or (with `reword` and `prompt_sigs`, MinHash of `prompt_ngrams`) one prompt is the
+    other `reworded`. LSH (datasketch, bands x rows chosen for the thresholds and the weights)
+    proposes the candidates; each is confirmed exactly, so precision does not rest on the MinHash
+    estimate. Records are visited in input order and the first of a group is kept.
     """
     from datasketch import LeanMinHash, MinHashLSH
 
     skip = set(skip)
     lsh = MinHashLSH(threshold=threshold, num_perm=sigs.shape[1], weights=tuple(lsh_weights))
+    use_prompts = reword is not None and prompt_sigs is not None
+    prompt_lsh = MinHashLSH(threshold=reword.candidates, num_perm=prompt_sigs.shape[1],
+                            weights=tuple(lsh_weights)) if use_prompts else None
     by_prompt: dict[str, list[int]] = defaultdict(list)
     out: dict[int, tuple[int, float]] = {}
     for i, shingle_set in enumerate(shingle_sets):
@@ -139,17 +194,25 @@ def near_duplicates(records: Sequence[dict], shingle_sets: Sequence[set[str]], s
             continue
         sketch = LeanMinHash(seed=1, hashvalues=sigs[i], scheme="affine32")
         prompt = normalize(records[i]["prompt"]) if "prompt" in records[i] else None
-        candidates = {*lsh.query(sketch), *(by_prompt.get(prompt, ()) if prompt is not None else ())}
-        matches = sorted((j, jaccard(shingle_set, shingle_sets[j])) for j in candidates)
-        matches = [(j, score) for j, score in matches
-                   if (score >= threshold or j in by_prompt.get(prompt, ()))
-                   and same_task(records[i], records[j], check_answers, check_numbers)]
+        same_prompt = set(by_prompt.get(prompt, ())) if prompt is not None else set()
+        short = prompt is not None and use_prompts and len(prompt.split()) <= reword.max_words
+        prompt_sketch = LeanMinHash(seed=1, hashvalues=prompt_sigs[i], scheme="affine32") if short else None
+        near_prompt = set(prompt_lsh.query(prompt_sketch)) if prompt_sketch is not None else set()
+        matches = sorted((j, jaccard(shingle_set, shingle_sets[j])) for j in {*lsh.query(sketch), *same_prompt,
+                                                                             *near_prompt})
+        matches = [(j, score) for j, score in matches  # the cheap checks first
+                   if same_task(records[i], records[j], check_answers, check_numbers)
+                   and (score >= threshold or j in same_prompt
+                        or (j in near_prompt and reworded(records[i]["prompt"], records[j]["prompt"],
+                                                          reword.spelling, reword.max_changed)))]
         if matches:
             out[i] = matches[0]
         else:
             lsh.insert(i, sketch)
             if prompt is not None:
                 by_prompt[prompt].append(i)
+            if prompt_sketch is not None:
+                prompt_lsh.insert(i, prompt_sketch)
     return out
 
 

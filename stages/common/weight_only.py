@@ -19,7 +19,7 @@ from stages.common.errors import PipelineError
 from stages.common.onnx_models import DATA_FILE, MODEL_FILE, is_lora_weight
 from stages.common.tied_embedding import matmul_k, share_quantized_table, tied_embedding, untie_embedding
 
-INT4_ALGORITHMS = ("rtn", "k_quant", "hqq", "gptq")
+INT4_ALGORITHMS = ("rtn", "k_quant", "hqq", "gptq", "awq")  # awq: scales folded first (awq.py), then rtn
 INT8_METHODS = ("builder", "dynamic")
 BLOCK_SIZES = (16, 32, 64, 128, 256)  # powers of two; 512 returned zeros on CPU in onnxruntime 1.26
 
@@ -78,7 +78,7 @@ class WeightOnlySpec:
     section it came from, for the error messages."""
 
     bits: int = 4                     # 4 or 8
-    algorithm: str = "rtn"            # rtn | k_quant | hqq | gptq
+    algorithm: str = "rtn"            # rtn | k_quant | hqq | gptq | awq (folded before: awq.py)
     block_size: int = 32              # one of BLOCK_SIZES
     symmetric: bool = True            # no zero points; needed to share a tied table with lm_head
     accuracy_level: int = 4           # MatMulNBits compute type; 4 = int8 activations, fast on CPU
@@ -133,8 +133,11 @@ def quantize_weights(model, spec: WeightOnlySpec, calibration=None):
     from onnx import helper
     from onnxruntime.quantization import matmul_nbits_quantizer as mnq
 
+    if spec.algorithm == "awq":
+        raise PipelineError("awq scales are folded into the checkpoint before the builder (stages/common/awq.py); "
+                            "its graph is then quantized with rtn")
     if spec.algorithm == "gptq" and calibration is None:
-        raise PipelineError("gptq needs calibration samples (quant_int4.gptq_calibration_samples > 0)")
+        raise PipelineError("gptq needs calibration samples (quant_int4.calibration_samples > 0)")
     tied = tied_embedding(model) if spec.embedding else None
     # A tied table is shared with the quantized lm_head where the layouts agree (symmetric: no
     # zero points; hidden size in whole blocks); otherwise the embedding gets its own copy.
