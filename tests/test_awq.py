@@ -157,3 +157,21 @@ def test_transform_adapter_is_exact_without_quantization(outlier_model):
             np.testing.assert_allclose(out, reference, atol=5e-4)
         else:
             assert np.abs(out - reference).max() > 0.05
+
+
+def test_sensitivity_report_ranks_the_outlier_linears_first(outlier_model):
+    """Each linear quantized alone: on the outlier model the linears fed by outlier channels lead
+    the ranking (lm_head, sensitive on its own, comes next: why it is kept at 8 bits), o_proj
+    (no outliers planted) trails, and the plain model's total is far smaller."""
+    from tools.int4_sensitivity import markdown, sensitivity
+
+    m = outlier_model
+    ids = m["ids"][:2]
+    outlier = sensitivity(load_causal_lm(m["outlier"]), ids)
+    plain = sensitivity(load_causal_lm(m["plain"]), ids)
+    scaled = ("qkv_proj", "gate_up_proj", "down_proj")
+    ranking = list(outlier)
+    assert all(name.endswith(scaled) for name in ranking[:4]), ranking
+    assert all(ranking.index(name) >= len(ranking) // 2 for name in ranking if name.endswith("o_proj")), ranking
+    assert sum(outlier.values()) > 10 * sum(plain.values())
+    assert markdown(outlier).count("\n") == len(outlier) + 2
