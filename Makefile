@@ -13,9 +13,10 @@ OVERRIDES ?=
 REV ?= main
 R ?= 4,8
 BETA ?= 0,0.2
+ALGOS ?= rtn,awq
 JOBS ?= 1
 
-.PHONY: help setup setup-gpu params repro test test-fast lint bench review sweep sweep-report clean
+.PHONY: help setup setup-gpu params repro test test-fast lint bench review sweep sweep-int4 sweep-report clean
 
 help: ## this list
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  make %-12s %s\n", $$1, $$2}'
@@ -63,6 +64,13 @@ review: $(STAMP) ## for a pull request: gated metrics vs $(REV) paired per item 
 
 sweep: $(STAMP) ## queue and run a grid: make sweep R="4,8,16" BETA="0,0.05,0.2" [JOBS=1]
 	$(BIN)/dvc exp run --queue -S 'train.lora.r=$(R)' -S 'train.kl_beta=$(BETA)' -S 'gates.strict=false'
+	$(BIN)/dvc queue start --jobs $(JOBS)
+	@while $(BIN)/dvc queue status | grep -qE 'Queued|Running'; do sleep 10; done
+	$(BIN)/dvc queue stop
+	$(BIN)/dvc queue status
+
+sweep-int4: $(STAMP) ## queue and run INT4 algorithms: make sweep-int4 ALGOS="rtn,awq,gptq,hqq" [JOBS=1]
+	$(BIN)/dvc exp run --queue -S 'quant_int4.algorithm=$(ALGOS)' -S 'gates.strict=false'
 	$(BIN)/dvc queue start --jobs $(JOBS)
 	@while $(BIN)/dvc queue status | grep -qE 'Queued|Running'; do sleep 10; done
 	$(BIN)/dvc queue stop

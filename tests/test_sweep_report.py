@@ -3,18 +3,20 @@
 from tools.sweep_report import markdown, plot, points
 
 
-def experiment(name: str, beta: float, domain: float, passed: bool) -> dict:
+def experiment(name: str, beta: float, domain: float, passed: bool, algorithm: str = "rtn") -> dict:
     metrics = {
         "metrics/eval/torch_lora.json": {"domain_acc": domain, "general_ppl": 105.0, "general_acc": 0.8},
         "metrics/eval/torch_base.json": {"general_ppl": 100.0},
-        "metrics/eval/onnx_int4.json": {"domain_acc": domain - 0.01},
+        "metrics/eval/onnx_int4.json": {"domain_acc": domain - 0.01, "kl": 0.002 if algorithm == "rtn" else 0.001,
+                                        "top1": 0.95},
         "metrics/train.json": {"val_kl": 0.5},
         "metrics/gates.json": {"passed": passed, "details": [
             {"rung": "torch_lora", "metric": "domain_acc", "point": domain, "low": domain - 0.04,
              "high": domain + 0.03},
             {"rung": "torch_lora", "metric": "general_ppl", "point": 0.05, "low": 0.04, "high": 0.07}]},
     }
-    return {"name": name, "data": {"params": {"params.yaml": {"data": {"train": {"lora": {"r": 8}, "kl_beta": beta}}}},
+    params = {"train": {"lora": {"r": 8}, "kl_beta": beta}, "quant_int4": {"algorithm": algorithm}}
+    return {"name": name, "data": {"params": {"params.yaml": {"data": params}},
                                    "metrics": {k: {"data": v} for k, v in metrics.items()}}}
 
 
@@ -26,3 +28,9 @@ def test_points_carry_the_gate_intervals_and_the_plot_draws_them(tmp_path):
     assert "| b ★ |" in markdown(rows)
     plot(rows, tmp_path / "sweep.png")
     assert (tmp_path / "sweep.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_an_int4_algorithm_sweep_shows_fidelity_and_accuracy_per_algorithm():
+    shown = [{"experiments": [{"revs": [experiment("rtn", 0.5, 0.7, True), experiment("awq", 0.5, 0.7, True, "awq")]}]}]
+    table = markdown(points(shown))
+    assert "| awq | 0.00100 | 0.950 | 0.690 | pass |" in table and "| rtn | 0.00200 | 0.950 | 0.690 | pass |" in table

@@ -47,6 +47,9 @@ def points(exp_show: list[dict]) -> list[dict]:
             "general_acc": _metric(data, "metrics/eval/torch_lora.json", "general_acc"),
             "val_kl": _metric(data, "metrics/train.json", "val_kl"),
             "int4_domain_acc": _metric(data, "metrics/eval/onnx_int4.json", "domain_acc"),
+            "int4_algorithm": params.get("quant_int4", {}).get("algorithm", "rtn"),  # older runs: the default
+            "int4_kl": _metric(data, "metrics/eval/onnx_int4.json", "kl"),
+            "int4_top1": _metric(data, "metrics/eval/onnx_int4.json", "top1"),
             "gates_passed": _metric(data, "metrics/gates.json", "passed"),
             "domain_acc_err": gate_interval(data, "torch_lora", "domain_acc"),
             "general_ppl_err": gate_interval(data, "torch_lora", "general_ppl"),
@@ -56,7 +59,11 @@ def points(exp_show: list[dict]) -> list[dict]:
         for group in commit.get("experiments") or []:
             for rev in group.get("revs", []):
                 add(rev, rev.get("name") or rev.get("rev", "")[:7])
-    return sorted(rows, key=lambda p: (p["beta"], p["r"]))
+    return sorted(rows, key=lambda p: (p["beta"], p["r"], p["int4_algorithm"]))
+
+
+def fmt(x: float | None, spec: str) -> str:
+    return "" if x is None else format(x, spec)
 
 
 def best(rows: list[dict]) -> dict | None:
@@ -66,12 +73,14 @@ def best(rows: list[dict]) -> dict | None:
 
 def markdown(rows: list[dict]) -> str:
     top = best(rows)
-    lines = ["| experiment | r | β | domain acc | general ppl Δ | general acc | KL to base | INT4 domain acc | gates |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---|"]
+    lines = ["| experiment | r | β | domain acc | general ppl Δ | general acc | KL to base | INT4 | INT4 KL | "
+             "INT4 top-1 | INT4 domain acc | gates |",
+             "|---|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|---|"]
     for p in rows:
         mark = " ★" if p is top else ""
         lines.append(f"| {p['name']}{mark} | {p['r']} | {p['beta']} | {p['domain_acc']:.3f} | "
                      f"{p['general_ppl_change']:+.2%} | {p['general_acc']:.3f} | {p['val_kl']:.3f} | "
+                     f"{p['int4_algorithm']} | {fmt(p['int4_kl'], '.5f')} | {fmt(p['int4_top1'], '.3f')} | "
                      f"{p['int4_domain_acc']:.3f} | {'pass' if p['gates_passed'] else 'FAIL'} |")
     note = f"★ best point passing every gate: {top['name']} (r={top['r']}, β={top['beta']})" if top else \
         "no point passes every gate"
