@@ -12,7 +12,8 @@ Every rung sees the same token ids and writes, per item (so gates can pair rungs
 - against its reference rung, per held-out document: KL(p_reference || p_rung) summed over
   tokens and top-1 agreement (quantization fidelity on identical tokens);
 and in the summary: those metrics over all items, the KL's 99th percentile per token, size on
-disk, and speed (prefill tokens/s, decode tokens/s, per-token latency p50/p95).
+disk, and speed (prefill tokens/s, decode tokens/s, per-token latency p50/p95), and one request
+of the target shape (evaluate.cost): its latency, decode p95 and cost per 1,000 output tokens.
 """
 
 from __future__ import annotations
@@ -178,6 +179,34 @@ def speed(model: LanguageModel, tokenizer, text: str, cfg: DictConfig) -> dict[s
             "latency_p95_ms": round(float(np.percentile(steps, 95)) * 1e3, 3)}
 
 
+def cost_per_1k_output_tokens(request_s: float, output_tokens: int, device_hourly_usd: float | None) -> float | None:
+    """USD per 1,000 generated tokens, one request at a time on a machine billed by the hour."""
+    if device_hourly_usd is None:
+        return None
+    return device_hourly_usd / 3600 * request_s / output_tokens * 1000
+
+
+def at_target(model: LanguageModel, tokenizer, text: str, cfg: DictConfig) -> dict:
+    """One request of the target shape (evaluate.cost: prompt and output lengths), timed
+    `evaluate.speed.repeats` times: its latency, the p95 of its decode steps (an SLA's number)
+    and, given the machine's hourly price, its cost per 1,000 output tokens."""
+    c = cfg.evaluate.cost
+    prompt = tokenizer(text, add_special_tokens=False)["input_ids"][: c.prompt_tokens]
+    if len(prompt) < c.prompt_tokens:
+        raise PipelineError(f"evaluate.cost.prompt_tokens={c.prompt_tokens}: the held-out text has only "
+                            f"{len(prompt)} tokens")
+    requests, steps = [], []
+    for _ in range(cfg.evaluate.speed.repeats):
+        prefill, step_times = model.timed_decode(prompt, c.output_tokens)
+        requests.append(prefill + sum(step_times))
+        steps += step_times
+    request_s = float(np.median(requests))
+    cost = cost_per_1k_output_tokens(request_s, c.output_tokens, c.device_hourly_usd)
+    return {"prompt_tokens": c.prompt_tokens, "output_tokens": c.output_tokens, "request_s": round(request_s, 5),
+            "decode_p95_ms": round(float(np.percentile(steps, 95)) * 1e3, 3),
+            "cost_per_1k_output_tokens_usd": None if cost is None else float(f"{cost:.4g}")}
+
+
 def evaluation_data(cfg: DictConfig, tokenizer) -> dict:
     """The same token ids for every rung, keyed by item id."""
     limit = cfg.evaluate.max_task_examples
@@ -229,7 +258,8 @@ def evaluate_rung(rung: Rung, cfg: DictConfig) -> tuple[dict, dict]:
                     "kl_p99": round(float(np.percentile(np.concatenate(per_token), 99)), 6),
                     "top1": round(value("top1", fidelity), 5)}
     with timed(log, f"{rung.name}: speed") as t:
-        metrics |= {"size_mb": size_mb(model), **speed(model, tokenizer, data["speed_text"], cfg)}
+        metrics |= {"size_mb": size_mb(model), **speed(model, tokenizer, data["speed_text"], cfg),
+                    "at_target": at_target(model, tokenizer, data["speed_text"], cfg)}
     seconds["speed"] = t["seconds"]
     metrics["seconds"] = seconds
     return metrics, items

@@ -60,7 +60,8 @@ RULES: dict[str, tuple[Rule, ...]] = {
 }
 # Measured, not sampled (no interval): bytes on disk against the reference's, and the 99th
 # percentile of per-token KL (the tail that a mean hides: a few tokens the quant gets badly wrong).
-SIZE_RULE, KL_TAIL_RULE = "max_size_ratio", "max_kl_p99"
+SIZE_RULE, KL_TAIL_RULE, P95_RULE = "max_size_ratio", "max_kl_p99", "max_p95_ms"  # p95: an SLA on decode
+# latency (ms per token) of one request of the target shape (evaluate.cost), as measured
 # Any lm-eval metric (the harness stage): gates.<rung>.lm_eval: {<task>/<metric>: margin}, the paired
 # change against the rung's reference on the same documents, worse by at most the margin (which
 # way is worse: lm-eval's higher_is_better for that metric).
@@ -131,10 +132,10 @@ def budgets(g: DictConfig) -> dict[str, dict]:
         if name not in RUNGS or RUNGS[name].reference is None:
             raise PipelineError(f"gates.{name}: not a rung with a reference; budgets are keyed by rung "
                                 f"({', '.join(r for r in RUNGS if RUNGS[r].reference)})")
-        unknown = set(budget) - set(RULES) - {SIZE_RULE, KL_TAIL_RULE, LM_EVAL_RULE}
+        unknown = set(budget) - set(RULES) - {SIZE_RULE, KL_TAIL_RULE, P95_RULE, LM_EVAL_RULE}
         if unknown:
             raise PipelineError(f"gates.{name}.{sorted(unknown)[0]}: unknown rule; known: "
-                                f"{', '.join([*RULES, SIZE_RULE, KL_TAIL_RULE, LM_EVAL_RULE])}")
+                                f"{', '.join([*RULES, SIZE_RULE, KL_TAIL_RULE, P95_RULE, LM_EVAL_RULE])}")
         out[str(name)] = {str(k): ({str(m): float(x) for m, x in v.items()} if k == LM_EVAL_RULE else float(v))
                           for k, v in budget.items()}
     return out
@@ -162,7 +163,7 @@ def checks(items: Mapping[str, dict], summaries: Mapping[str, dict], g: DictConf
     for rung, budget in budgets(g).items():
         reference = RUNGS[rung].reference
         for rule, limit in budget.items():
-            if rule in (SIZE_RULE, KL_TAIL_RULE):
+            if rule in (SIZE_RULE, KL_TAIL_RULE, P95_RULE):
                 continue
             rules = lm_eval_rules(rung, limit, harness or {}) if rule == LM_EVAL_RULE else \
                 [(r, limit) for r in RULES[rule]]
@@ -185,6 +186,11 @@ def checks(items: Mapping[str, dict], summaries: Mapping[str, dict], g: DictConf
             rows.append(Check(rung, reference, "size", "ratio", summaries[rung]["size_mb"],
                               summaries[reference]["size_mb"], est, budget[SIZE_RULE], "<=",
                               judge(est, budget[SIZE_RULE], "<=")))
+        if P95_RULE in budget:
+            p95 = summaries[rung]["at_target"]["decode_p95_ms"]
+            est = Estimate(p95, p95, p95, 1)
+            rows.append(Check(rung, reference, "decode_p95_ms", "value", p95, None, est, budget[P95_RULE], "<=",
+                              judge(est, budget[P95_RULE], "<=")))
         if KL_TAIL_RULE in budget:
             tail = summaries[rung]["kl_p99"]
             est = Estimate(tail, tail, tail, 1)

@@ -97,3 +97,25 @@ def test_unknown_rung_is_a_clear_error(evaluated):
 
     with pytest.raises(PipelineError, match="unknown rung 'onnx_int2'"):
         evaluate.run(shrunk(), "onnx_int2")
+
+
+def test_cost_per_1k_comes_from_the_measured_request_and_the_price(evaluated):
+    """at_target times one request of evaluate.cost's shape; its cost is the configured hourly
+    price over the measured request time per output token (none without a price)."""
+    assert summary("onnx_int4")["at_target"]["cost_per_1k_output_tokens_usd"] is None  # no price set
+    assert evaluate.cost_per_1k_output_tokens(2.0, 100, 3.6) == pytest.approx(0.02)
+    cfg = shrunk(["evaluate.cost.device_hourly_usd=2.5"])
+    model = open_rung(RUNGS["onnx_int4"], cfg)
+    tokenizer = load_tokenizer(layout.MERGED_DIR)
+    out = evaluate.at_target(model, tokenizer, evaluate.evaluation_data(cfg, tokenizer)["speed_text"], cfg)
+    assert (out["prompt_tokens"], out["output_tokens"]) == (32, 16) and out["request_s"] > 0
+    assert out["decode_p95_ms"] > 0 and out["decode_p95_ms"] < out["request_s"] * 1e3
+    assert out["cost_per_1k_output_tokens_usd"] == pytest.approx(2.5 / 3600 * out["request_s"] / 16 * 1000, rel=1e-3)
+
+
+@pytest.mark.parametrize(("sla_ms", "verdict"), [(1e-6, "FAIL"), (1e6, "pass")])
+def test_a_p95_latency_sla_is_a_gate(evaluated, sla_ms, verdict):
+    gates.run(shrunk([f"+gates.onnx_int4.max_p95_ms={sla_ms}"]))
+    rows = [c for c in json.loads(layout.GATES_METRICS.read_text())["details"] if c["metric"] == "decode_p95_ms"]
+    assert [(c["rung"], c["verdict"]) for c in rows] == [("onnx_int4", verdict)]
+    assert rows[0]["point"] == summary("onnx_int4")["at_target"]["decode_p95_ms"]

@@ -16,7 +16,7 @@ from tests.conftest import SHRUNK_OVERRIDES
 
 pytestmark = pytest.mark.slow
 
-STAGES_AFTER_TRAIN = {"train", "export", "quant_int8", "quant_int4", "gates",
+STAGES_AFTER_TRAIN = {"train", "export", "quant_int8", "quant_int4", "harness", "gates",
                       *(f"evaluate@{r}" for r in RUNGS if r != "torch_base")}
 
 
@@ -74,7 +74,7 @@ def test_each_param_reruns_its_stage_and_what_follows(repo):
     then runs it and what depends on its outputs. Overrides accumulate, one change at a time."""
     overrides = ["quant_int4.block_size=16"]
     assert stale(repo, *overrides) == {"quant_int4"}
-    assert ran(repo) == {"quant_int4", "evaluate@onnx_int4", "evaluate@onnx_adapter_int4", "gates"}
+    assert ran(repo) == {"quant_int4", "evaluate@onnx_int4", "evaluate@onnx_adapter_int4", "harness", "gates"}
 
     overrides.append("train.kl_beta=0.2")
     assert stale(repo, *overrides) == {"train"}
