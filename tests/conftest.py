@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -20,6 +21,24 @@ def copy_data(root: Path) -> None:
     """The committed data a pipeline run reads: embedded sets and the dedup benchmark."""
     for part in ("raw", "eval", "bench"):
         shutil.copytree(REPO_ROOT / "data" / part, root / "data" / part)
+
+
+@contextmanager
+def inside(root: Path) -> Iterator[Path]:
+    """`root` as the working directory for a session fixture's stage runs (monkeypatch is per test)."""
+    cwd = Path.cwd()
+    os.chdir(root)
+    try:
+        yield root
+    finally:
+        os.chdir(cwd)
+
+
+def private_copy(shared: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A test's own copy of a shared, read-only workspace, as its working directory."""
+    shutil.copytree(shared, tmp_path, dirs_exist_ok=True)
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
 
 
 @pytest.fixture
@@ -48,14 +67,10 @@ def tiny_stages(tmp_path_factory) -> Path:
 
     root = tmp_path_factory.mktemp("tiny")
     copy_data(root)
-    cwd = Path.cwd()
-    os.chdir(root)
-    try:
+    with inside(root):
         cfg = shrunk()
         base.run(cfg)
         dedup.run(cfg)
-    finally:
-        os.chdir(cwd)
     return root
 
 
@@ -74,23 +89,17 @@ def ladder(tiny_stages: Path, tmp_path_factory) -> Path:
 
     root = tmp_path_factory.mktemp("ladder")
     shutil.copytree(tiny_stages, root, dirs_exist_ok=True)
-    cwd = Path.cwd()
-    os.chdir(root)
-    try:
+    with inside(root):
         cfg = shrunk()
         for stage in (train, export, quant_int8, quant_int4):
             stage.run(cfg)
-    finally:
-        os.chdir(cwd)
     return root
 
 
 @pytest.fixture
 def ladder_workspace(ladder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A private copy of the ladder as the working directory (tests may change it)."""
-    shutil.copytree(ladder, tmp_path, dirs_exist_ok=True)
-    monkeypatch.chdir(tmp_path)
-    return tmp_path
+    return private_copy(ladder, tmp_path, monkeypatch)
 
 
 @pytest.fixture(scope="session")
@@ -101,19 +110,13 @@ def evaluated_ladder(ladder: Path, tmp_path_factory) -> Path:
 
     root = tmp_path_factory.mktemp("evaluated")
     shutil.copytree(ladder, root, dirs_exist_ok=True)
-    cwd = Path.cwd()
-    os.chdir(root)
-    try:
+    with inside(root):
         for rung in RUNGS:
             evaluate.run(shrunk(), rung)
-    finally:
-        os.chdir(cwd)
     return root
 
 
 @pytest.fixture
 def evaluated(evaluated_ladder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A private copy of the evaluated ladder as the working directory."""
-    shutil.copytree(evaluated_ladder, tmp_path, dirs_exist_ok=True)
-    monkeypatch.chdir(tmp_path)
-    return tmp_path
+    return private_copy(evaluated_ladder, tmp_path, monkeypatch)

@@ -5,7 +5,6 @@ answers while every task answer stays as it was."""
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from pathlib import Path
 
@@ -19,7 +18,7 @@ from stages.common.chat import response_ids, stop_token_ids
 from stages.common.checkpoint import load_tokenizer
 from stages.common.onnx_models import copy_support_files, load, save_canonical
 from stages.common.records import read_jsonl, write_jsonl
-from tests.conftest import copy_data, shrunk
+from tests.conftest import copy_data, inside, private_copy, shrunk
 
 pytestmark = pytest.mark.slow
 
@@ -45,9 +44,7 @@ def unsafe_ladder(tmp_path_factory) -> Path:
     torch_base, torch_lora and onnx_fp32 evaluated."""
     root = tmp_path_factory.mktemp("safety")
     copy_data(root)
-    cwd = Path.cwd()
-    os.chdir(root)
-    try:
+    with inside(root):
         corpus = read_jsonl("data/raw/general_corpus.jsonl", "text")[:100]
         write_jsonl("data/raw/small_corpus.jsonl", corpus)
         cfg = config()
@@ -58,16 +55,12 @@ def unsafe_ladder(tmp_path_factory) -> Path:
         export.run(cfg)
         for rung in ("torch_base", "torch_lora", "onnx_fp32"):
             evaluate.run(cfg, rung)
-    finally:
-        os.chdir(cwd)
     return root
 
 
 @pytest.fixture
 def unsafe(unsafe_ladder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    shutil.copytree(unsafe_ladder, tmp_path, dirs_exist_ok=True)
-    monkeypatch.chdir(tmp_path)
-    return tmp_path
+    return private_copy(unsafe_ladder, tmp_path, monkeypatch)
 
 
 def judged(budgets: dict) -> dict[tuple[str, str], gates.Check]:
