@@ -16,7 +16,7 @@ BETA ?= 0,0.2
 ALGOS ?= rtn,awq
 JOBS ?= 1
 
-.PHONY: help setup setup-gpu params repro test test-fast lint bench review sweep sweep-int4 sweep-report clean
+.PHONY: help setup setup-gpu params repro test test-fast lint bench bench-real review sweep sweep-int4 sweep-report clean
 
 help: ## this list
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  make %-12s %s\n", $$1, $$2}'
@@ -56,6 +56,15 @@ bench: $(STAMP) ## benchmarks: dedup signatures/s vs a naive loop; decode tok/s 
 	$(BIN)/python -m benchmarks.dedup_signatures
 	$(BIN)/dvc repro --quiet quant_int4 quant_int8
 	$(BIN)/python -m benchmarks.decode_speed
+
+BENCH_STAMP := $(VENV)/.bench-installed
+$(BENCH_STAMP): $(STAMP) requirements-bench.txt
+	# llama.cpp for the real-size benchmark only; pip compiles it (minutes, once) and caches the wheel.
+	CMAKE_ARGS="-DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF" $(BIN)/python -m pip install -q -r requirements-bench.txt
+	touch $@
+
+bench-real: $(BENCH_STAMP) ## decode at Phi-4-mini width (bandwidth-bound): every rung vs the memory limit and llama.cpp
+	$(BIN)/python -m benchmarks.real_size $(BENCH_ARGS)
 
 review: $(STAMP) ## for a pull request: gated metrics vs $(REV) paired per item with intervals, the gates, all metrics
 	@$(BIN)/python -m tools.review --rev $(REV)

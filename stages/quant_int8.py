@@ -10,7 +10,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from omegaconf import DictConfig
@@ -18,16 +17,19 @@ from omegaconf import DictConfig
 from stages.common import layout
 from stages.common.atomic import atomic_path, write_json
 from stages.common.errors import PipelineError
-from stages.common.onnx_models import copy_support_files, folder_megabytes, load, run_builder, save_canonical
+from stages.common.onnx_models import (
+    copy_support_files,
+    folder_megabytes,
+    load,
+    run_builder,
+    save_canonical,
+    ties_embeddings,
+)
 from stages.common.runtime import get_logger, stage_main
 from stages.common.tied_embedding import share_quantized_table
 from stages.common.weight_only import INT8_METHODS, check_choice, quantize_dynamic_int8
 
 log = get_logger(__name__)
-
-
-def ties_embeddings(hf_dir: Path) -> bool:
-    return bool(json.loads((hf_dir / "config.json").read_text()).get("tie_word_embeddings", False))
 
 
 def share_tied_table(folder: Path) -> None:
@@ -39,18 +41,26 @@ def share_tied_table(folder: Path) -> None:
     save_canonical(model, folder)
 
 
+def build_int8(cfg: DictConfig, hf_dir: Path, fp32_dir: Path, out: Path) -> None:
+    """The INT8 rung of checkpoint `hf_dir` (whose FP32 rung is `fp32_dir`) into `out`, as set by
+    cfg.quant_int8 (the stage's, and the real-size benchmark's, one route)."""
+    q = cfg.quant_int8
+    check_choice("quant_int8.method", q.method, INT8_METHODS)
+    if q.method == "builder":
+        run_builder(hf_dir, out, "int8", cfg.model.execution_provider,
+                    {"block_size": q.block_size, "accuracy_level": q.accuracy_level}, cfg.serving)
+        if q.quantize_embedding and ties_embeddings(hf_dir):
+            share_tied_table(out)
+    else:
+        copy_support_files(fp32_dir, out)
+        save_canonical(quantize_dynamic_int8(fp32_dir), out)
+
+
 def run(cfg: DictConfig) -> None:
     q = cfg.quant_int8
     check_choice("quant_int8.method", q.method, INT8_METHODS)
     with atomic_path(layout.ONNX_INT8) as tmp:
-        if q.method == "builder":
-            run_builder(layout.MERGED_DIR, tmp, "int8", cfg.model.execution_provider,
-                        {"block_size": q.block_size, "accuracy_level": q.accuracy_level}, cfg.serving)
-            if q.quantize_embedding and ties_embeddings(layout.MERGED_DIR):
-                share_tied_table(tmp)
-        else:
-            copy_support_files(layout.ONNX_FP32, tmp)
-            save_canonical(quantize_dynamic_int8(layout.ONNX_FP32), tmp)
+        build_int8(cfg, layout.MERGED_DIR, layout.ONNX_FP32, tmp)
     size = folder_megabytes(layout.ONNX_INT8, weights_only=True)
     fp32 = folder_megabytes(layout.ONNX_FP32, weights_only=True)
     write_json(layout.QUANT_INT8_METRICS, {"method": q.method, "int8_mb": size, "size_vs_fp32": round(size / fp32, 4)})

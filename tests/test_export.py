@@ -25,7 +25,7 @@ from stages.common.onnx_models import (
     write_adapter_file,
 )
 from stages.common.records import read_jsonl
-from stages.common.tied_embedding import untie_embedding
+from stages.common.tied_embedding import gather_columns, gather_rows, untie_embedding
 from stages.common.weight_only import WeightOnlySpec, quantize_weights
 from tests.conftest import shrunk
 from tests.onnx_helpers import matmul_nbits_attributes
@@ -107,6 +107,31 @@ def test_hot_swap_two_adapters_on_one_base(ladder_workspace):
         np.testing.assert_allclose(model.logits(ids, adapter=name), expected[name], atol=1e-4, rtol=0)
     assert np.abs(expected["one"] - expected["two"]).max() > 1e-2  # really two different adapters
     np.testing.assert_allclose(model.logits(ids), torch_logits(load_causal_lm(layout.BASE_DIR), ids), atol=1e-4, rtol=0)
+
+
+def test_float_rungs_look_up_the_tied_table_without_transposing_it(ladder_workspace):
+    """The builder's Gather(Transpose(table)) transposes a Phi-4-mini-sized table at every step
+    (onnxruntime folds constants only below 1 GiB); the served graph gathers the token's columns
+    instead. Same logits, bit for bit, as the builder's form; and the quantizers' round trip
+    through gather_rows gives back the served form."""
+    for folder in (layout.ONNX_FP32, layout.ONNX_ADAPTER_FP32):
+        graph = load(folder).graph
+        inits = {t.name for t in graph.initializer}
+        assert not [n for n in graph.node if n.op_type == "Transpose" and n.input[0] in inits]
+        assert [n for n in graph.node if n.op_type == "Gather" and n.input[0] in inits
+                and any(a.name == "axis" and a.i == 1 for a in n.attribute)]
+    served = load(layout.ONNX_FP32)
+    builders = load(layout.ONNX_FP32)
+    assert gather_rows(builders) and not gather_rows(builders)
+    inits = {t.name for t in builders.graph.initializer}
+    assert [n for n in builders.graph.node if n.op_type == "Transpose" and n.input[0] in inits]
+    copy_support_files(layout.ONNX_FP32, Path("rows"))
+    save_canonical(builders, Path("rows"))
+    ids = prompt_ids(load_tokenizer(layout.MERGED_DIR), prompts(1)[0])
+    np.testing.assert_array_equal(GenaiModel(Path("rows")).logits(ids), GenaiModel(layout.ONNX_FP32).logits(ids))
+    assert gather_columns(builders) and not gather_columns(builders)
+    assert [(n.op_type, list(n.input)) for n in builders.graph.node] == \
+        [(n.op_type, list(n.input)) for n in served.graph.node]
 
 
 def test_int4_graph_carries_the_params(ladder_workspace):

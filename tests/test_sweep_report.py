@@ -8,7 +8,8 @@ def experiment(name: str, beta: float, domain: float, passed: bool, algorithm: s
         "metrics/eval/torch_lora.json": {"domain_acc": domain, "general_ppl": 105.0, "general_acc": 0.8},
         "metrics/eval/torch_base.json": {"general_ppl": 100.0},
         "metrics/eval/onnx_int4.json": {"domain_acc": domain - 0.01, "kl": 0.002 if algorithm == "rtn" else 0.001,
-                                        "top1": 0.95},
+                                        "top1": 0.95, "decode_tok_s": 2000.0},
+        "metrics/eval/onnx_adapter_int4.json": {"decode_tok_s": 1500.0},
         "metrics/train.json": {"val_kl": 0.5},
         "metrics/gates.json": {"passed": passed, "details": [
             {"rung": "torch_lora", "metric": "domain_acc", "point": domain, "low": domain - 0.04,
@@ -33,4 +34,5 @@ def test_points_carry_the_gate_intervals_and_the_plot_draws_them(tmp_path):
 def test_an_int4_algorithm_sweep_shows_fidelity_and_accuracy_per_algorithm():
     shown = [{"experiments": [{"revs": [experiment("rtn", 0.5, 0.7, True), experiment("awq", 0.5, 0.7, True, "awq")]}]}]
     table = markdown(points(shown))
-    assert "| awq | 0.00100 | 0.950 | 0.690 | pass |" in table and "| rtn | 0.00200 | 0.950 | 0.690 | pass |" in table
+    assert "| awq | 0.00100 | 0.950 | 0.690 | 0.75x | pass |" in table
+    assert "| rtn | 0.00200 | 0.950 | 0.690 | 0.75x | pass |" in table

@@ -1,7 +1,8 @@
 """`make sweep-report`: the sweep's experiments as a Markdown table and a trade-off plot.
 
 Reads `dvc exp show --json` (DVC's own record of every experiment), keeps the columns that matter
-(r, beta, domain accuracy, general perplexity change, KL to base, INT4 accuracy, gate verdict),
+(r, beta, domain accuracy, general perplexity change, KL to base, INT4 accuracy, the adapter
+path's price: decode tokens/s of base + adapter file over the merged INT4 graph, gate verdict),
 marks the best point that passes every gate, and plots beta against domain accuracy and general
 perplexity drift: learning the domain against forgetting the general distribution.
 
@@ -29,6 +30,13 @@ def gate_interval(data: dict, rung: str, metric: str) -> tuple[float, float] | N
     return (row["point"] - row["low"], row["high"] - row["point"]) if row else None
 
 
+def speed_ratio(data: dict, rung: str, reference: str) -> float | None:
+    """Decode tokens/s of `rung` over `reference`'s, both as evaluate measured them."""
+    a = _metric(data, f"metrics/eval/{rung}.json", "decode_tok_s")
+    b = _metric(data, f"metrics/eval/{reference}.json", "decode_tok_s")
+    return round(a / b, 3) if a and b else None
+
+
 def points(exp_show: list[dict]) -> list[dict]:
     """One row per experiment (and the workspace/baseline), from `dvc exp show --json`."""
     rows = []
@@ -50,6 +58,7 @@ def points(exp_show: list[dict]) -> list[dict]:
             "int4_algorithm": params.get("quant_int4", {}).get("algorithm", "rtn"),  # older runs: the default
             "int4_kl": _metric(data, "metrics/eval/onnx_int4.json", "kl"),
             "int4_top1": _metric(data, "metrics/eval/onnx_int4.json", "top1"),
+            "adapter_speed": speed_ratio(data, "onnx_adapter_int4", "onnx_int4"),
             "gates_passed": _metric(data, "metrics/gates.json", "passed"),
             "domain_acc_err": gate_interval(data, "torch_lora", "domain_acc"),
             "general_ppl_err": gate_interval(data, "torch_lora", "general_ppl"),
@@ -74,15 +83,18 @@ def best(rows: list[dict]) -> dict | None:
 def markdown(rows: list[dict]) -> str:
     top = best(rows)
     lines = ["| experiment | r | β | domain acc | general ppl Δ | general acc | KL to base | INT4 | INT4 KL | "
-             "INT4 top-1 | INT4 domain acc | gates |",
-             "|---|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|---|"]
+             "INT4 top-1 | INT4 domain acc | adapter speed | gates |",
+             "|---|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|---|"]
     for p in rows:
         mark = " ★" if p is top else ""
+        speed = f"{p['adapter_speed']:.2f}x" if p["adapter_speed"] else ""
         lines.append(f"| {p['name']}{mark} | {p['r']} | {p['beta']} | {p['domain_acc']:.3f} | "
                      f"{p['general_ppl_change']:+.2%} | {p['general_acc']:.3f} | {p['val_kl']:.3f} | "
                      f"{p['int4_algorithm']} | {fmt(p['int4_kl'], '.5f')} | {fmt(p['int4_top1'], '.3f')} | "
-                     f"{p['int4_domain_acc']:.3f} | {'pass' if p['gates_passed'] else 'FAIL'} |")
-    note = f"★ best point passing every gate: {top['name']} (r={top['r']}, β={top['beta']})" if top else \
+                     f"{p['int4_domain_acc']:.3f} | {speed} | {'pass' if p['gates_passed'] else 'FAIL'} |")
+    note = ("adapter speed: decode tokens/s of the INT4 base + adapter file over the merged INT4 graph "
+            "(the hot-swap path's price)\n\n")
+    note += f"★ best point passing every gate: {top['name']} (r={top['r']}, β={top['beta']})" if top else \
         "no point passes every gate"
     return "\n".join(lines) + f"\n\n{note}\n"
 

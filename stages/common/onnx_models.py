@@ -8,6 +8,7 @@ stops re-running what follows.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -29,6 +30,7 @@ BUILDER_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
 # GroupQueryAttention in fp32 only; on CUDA, fp32 gets a packed Attention op that the builder
 # (0.18) wires without KV-cache outputs, an invalid graph. Microsoft's CUDA builds are fp16.
 EXPORT_TARGETS = {"cpu": ("fp32",), "cuda": ("fp16", "bf16")}
+FLOAT_PRECISIONS = ("fp32", "fp16", "bf16")
 
 
 def check_export_target(provider: str, precision: str) -> None:
@@ -71,8 +73,18 @@ def run_builder(input_dir: Path, output_dir: Path, precision: str, provider: str
     if done.returncode != 0 or not (output_dir / MODEL_FILE).is_file():
         tail = "\n".join((done.stdout + done.stderr).strip().splitlines()[-15:])
         raise PipelineError(f"ONNX builder failed on {input_dir} ({precision}, {provider}):\n{tail}")
+    if precision in FLOAT_PRECISIONS and ties_embeddings(input_dir):
+        from stages.common.tied_embedding import gather_columns
+
+        model = load(output_dir)
+        if gather_columns(model):  # the builder's per-step transpose of the table (tied_embedding.py)
+            save_canonical(model, output_dir)
     if serving is not None:
         write_serving(output_dir, serving, provider)
+
+
+def ties_embeddings(hf_dir: Path) -> bool:
+    return bool(json.loads((Path(hf_dir) / "config.json").read_text()).get("tie_word_embeddings", False))
 
 
 def load(folder: Path):
@@ -86,9 +98,9 @@ def save_canonical(model, folder: Path) -> None:
     always gives the same bytes (the quantizers' own saves do not)."""
     import onnx
 
-    inits = sorted(model.graph.initializer, key=lambda t: t.name)
-    del model.graph.initializer[:]
-    model.graph.initializer.extend(inits)
+    # Sorted in place: re-adding the tensors copies them through one message, which protobuf
+    # refuses above 2 GB (a Phi-4-mini-width FP32 graph is 3.3 GB).
+    model.graph.initializer.sort(key=lambda t: t.name)
     for path in (folder / MODEL_FILE, folder / DATA_FILE):
         path.unlink(missing_ok=True)
     onnx.save_model(model, str(folder / MODEL_FILE), save_as_external_data=True, all_tensors_to_one_file=True,

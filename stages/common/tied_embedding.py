@@ -4,6 +4,14 @@ The builder feeds a tied embedding as Gather(Transpose(lm_head weight)). Two mat
 state of the graph: `tied_embedding` finds that float tie before quantization (to decide whether
 the table can be shared), `tied_lm_head_nbits` finds the embedding Gather and the quantized lm_head
 after it; `embedding_reads_lm_head` then points the Gather at the quantized bytes.
+
+A float graph is served with `gather_columns` applied: onnxruntime folds a constant Transpose
+only below 1 GiB of output, so at Phi-4-mini's size (200k x 3072, 2.46 GB in float32) the
+builder's form transposes the whole table at every step (85 % of an FP32 decode step, measured
+by tools/ort_profile.py). Gathering the token's column of the lm_head weight and transposing
+that one [hidden, batch, seq] slice gives the same values, at no cost in bytes (an untied copy
+would add 2.46 GB). `gather_rows` turns it back into the builder's form for the quantizers'
+matchers above.
 """
 
 from __future__ import annotations
@@ -11,19 +19,74 @@ from __future__ import annotations
 from stages.common.errors import PipelineError
 
 
-def tied_embedding(model):
-    """(Gather, Transpose, lm_head MatMul) when the builder feeds a tied embedding as
-    Gather(Transpose(lm_head weight)); else None."""
+def transposed_lookup(model):
+    """(Gather, Transpose) where the embedding Gather reads Transpose(an initializer); else None."""
     inits = {t.name for t in model.graph.initializer}
     producers = {o: n for n in model.graph.node for o in n.output}
     for gather in model.graph.node:
         source = producers.get(gather.input[0]) if gather.op_type == "Gather" else None
-        if source is None or source.op_type != "Transpose" or source.input[0] not in inits:
-            continue
-        matmul = next((n for n in model.graph.node if n.op_type == "MatMul" and n.input[1] == source.input[0]), None)
-        if matmul is not None:
-            return gather, source, matmul
+        if source is not None and source.op_type == "Transpose" and source.input[0] in inits:
+            return gather, source
     return None
+
+
+def _replace(model, old: list, new: list) -> None:
+    """Put `new` nodes where the first of `old` was, and drop `old`."""
+    position = min(list(model.graph.node).index(n) for n in old)
+    for node in old:
+        model.graph.node.remove(node)
+    for node in reversed(new):
+        model.graph.node.insert(position, node)
+
+
+def gather_columns(model) -> bool:
+    """Gather(Transpose(W), ids) -> Transpose(Gather(W, ids, axis=1)): the token's columns of W,
+    not the whole table transposed at run time (see the module docstring). Returns whether the
+    graph changed."""
+    from onnx import helper
+
+    found = transposed_lookup(model)
+    if found is None:
+        return False
+    gather, transpose = found
+    columns = helper.make_node("Gather", [transpose.input[0], gather.input[1]], [f"{gather.name}/columns"],
+                               name=f"{gather.name}/Columns", axis=1)  # [hidden, batch, seq]
+    rows = helper.make_node("Transpose", columns.output, list(gather.output), name=f"{gather.name}/ToRows",
+                            perm=[1, 2, 0])  # [batch, seq, hidden], as the row lookup gives
+    _replace(model, [transpose, gather], [columns, rows])
+    return True
+
+
+def gather_rows(model) -> bool:
+    """The inverse of gather_columns: the builder's Gather(Transpose(W)) again, with the names it
+    had. Returns whether the graph changed."""
+    from onnx import helper
+
+    inits = {t.name for t in model.graph.initializer}
+    for columns in model.graph.node:
+        axis = next((a.i for a in columns.attribute if a.name == "axis"), 0)
+        if columns.op_type != "Gather" or axis != 1 or columns.input[0] not in inits:
+            continue
+        rows = next((n for n in model.graph.node if n.op_type == "Transpose" and n.input[0] == columns.output[0]), None)
+        if rows is None or not columns.name.endswith("/Columns"):
+            continue
+        name = columns.name.removesuffix("/Columns")
+        table = helper.make_node("Transpose", [columns.input[0]], [f"{name.rsplit('/', 1)[0]}/Transpose/output_0"],
+                                 name=f"{name.rsplit('/', 1)[0]}/Transpose", perm=[1, 0])
+        gather = helper.make_node("Gather", [table.output[0], columns.input[1]], list(rows.output), name=name)
+        _replace(model, [columns, rows], [table, gather])
+        return True
+    return False
+
+
+def tied_embedding(model):
+    """(Gather, Transpose, lm_head MatMul) when the builder feeds a tied embedding as
+    Gather(Transpose(lm_head weight)); else None."""
+    found = transposed_lookup(model)
+    if found is None:
+        return None
+    matmul = next((n for n in model.graph.node if n.op_type == "MatMul" and n.input[1] == found[1].input[0]), None)
+    return (*found, matmul) if matmul is not None else None
 
 
 def untie_embedding(model) -> bool:
@@ -31,6 +94,7 @@ def untie_embedding(model) -> bool:
     its own (transposed) table so it can be block-quantized too. Returns whether the graph changed."""
     from onnx import numpy_helper
 
+    gather_rows(model)
     tied = tied_embedding(model)
     if tied is None:
         return False

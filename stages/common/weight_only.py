@@ -17,7 +17,14 @@ from pathlib import Path
 
 from stages.common.errors import PipelineError
 from stages.common.onnx_models import DATA_FILE, MODEL_FILE, is_lora_weight
-from stages.common.tied_embedding import matmul_k, share_quantized_table, tied_embedding, untie_embedding
+from stages.common.tied_embedding import (
+    gather_columns,
+    gather_rows,
+    matmul_k,
+    share_quantized_table,
+    tied_embedding,
+    untie_embedding,
+)
 
 INT4_ALGORITHMS = ("rtn", "k_quant", "hqq", "gptq", "awq")  # awq: scales folded first (awq.py), then rtn
 INT8_METHODS = ("builder", "dynamic")
@@ -138,6 +145,7 @@ def quantize_weights(model, spec: WeightOnlySpec, calibration=None):
                             "its graph is then quantized with rtn")
     if spec.algorithm == "gptq" and calibration is None:
         raise PipelineError("gptq needs calibration samples (quant_int4.calibration_samples > 0)")
+    gather_rows(model)  # a served float graph's column lookup, back to the builder's form the matchers know
     tied = tied_embedding(model) if spec.embedding else None
     # A tied table is shared with the quantized lm_head where the layouts agree (symmetric: no
     # zero points; hidden size in whole blocks); otherwise the embedding gets its own copy.
@@ -171,6 +179,7 @@ def quantize_weights(model, spec: WeightOnlySpec, calibration=None):
                                             algo_config=config))
     if share:  # the checks above are the ones tied_lm_head_nbits makes on the quantized graph
         share_quantized_table(out)
+    gather_columns(out)  # where the float table stays (embedding not quantized), looked up as served
     for node in out.graph.node:
         if node.op_type == "MatMulNBits":
             kept = [a for a in node.attribute if a.name != "accuracy_level"]

@@ -1,0 +1,259 @@
+"""Benchmark at a size where decoding is bound by memory bandwidth: a Phi-4-mini-width stand-in
+(tools/random_checkpoint.py: published width, 200k vocabulary, tied embeddings, a few layers,
+random weights), its rungs built by our own stage code (export's builder call, quant_int8's
+route, quant_int4's quantize_folder) with the phi4_mini profile's quantization params, timed
+beside llama.cpp on the same weights (GGUF Q8_0, Q4_0, Q4_K_M made by llama.cpp's own tools).
+
+For every rung: prefill and decode tokens/s (median of repeats, one timed loop for all:
+LanguageModel.timed_decode), the weight bytes one decode step reads, the GB/s that makes, and
+its fraction of the machine's memory-read bandwidth, measured in the same run on 1 and on
+`--threads` threads. The limit for a rung is the bandwidth at the threads it runs on.
+
+    make bench-real          (python -m benchmarks.real_size --layers 2 --threads 2)
+
+The stand-in and every rung are cached in benchmarks/.cache/ (keyed by what builds them), so a
+second run is only the timing. Goals (issue 19): FP32 and INT4 decode >= 60 % of the limit,
+INT4/FP32 >= 3x, ONNX INT4 >= llama.cpp Q4_0, INT4 faster than INT8.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+from stages.common.atomic import atomic_path, write_json
+from stages.common.language_model import LanguageModel
+from stages.common.runtime import get_logger
+
+log = get_logger(__name__)
+CACHE = Path("benchmarks/.cache")
+
+
+# ------------------------------------------------------------------------------- the limit
+def read_bandwidth(threads: int, gigabytes: float = 2.0, repeats: int = 7) -> float:
+    """Memory-read GB/s on `threads` threads: a sum over a buffer far larger than any cache
+    (torch's reduction is memory-bound and splits over its intra-op threads), median of repeats."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        data = torch.ones(int(gigabytes * 1e9) // 4, dtype=torch.float32)
+        data.sum()  # pages touched, threads started
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            data.sum()
+            times.append(time.perf_counter() - start)
+        return data.numel() * 4 / statistics.median(times) / 1e9
+    finally:
+        torch.set_num_threads(previous)
+
+
+# --------------------------------------------------------------------- bytes one step reads
+def onnx_decode_bytes(folder: Path) -> int:
+    """Weight bytes one ONNX decode step reads: every initializer, but a table reached from
+    input_ids only through the embedding lookup (Gather / GatherBlockQuantized, the builder's
+    Transpose or our Reshape before it), of which a step reads one row."""
+    import onnx
+
+    model = onnx.load(str(folder / "model.onnx"), load_external_data=False)
+    consumers: dict[str, list] = {}
+    for node in model.graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+
+    def lookup_only(name: str) -> bool:
+        readers = consumers.get(name, [])
+        return bool(readers) and all(
+            (n.op_type in ("Gather", "GatherBlockQuantized") and n.input[0] == name and "input_ids" in n.input)
+            or (n.op_type in ("Transpose", "Reshape") and n.input[0] == name and all(map(lookup_only, n.output)))
+            for n in readers)
+
+    total = 0
+    for init in model.graph.initializer:
+        if lookup_only(init.name):
+            continue
+        location = {e.key: e.value for e in init.external_data}
+        total += int(location["length"]) if "length" in location else len(init.raw_data)
+    return total
+
+
+# ------------------------------------------------------------------------------ the rungs
+@dataclass(frozen=True)
+class Built:
+    name: str
+    path: Path
+    runtime: str            # "onnx" or "llama.cpp"
+    decode_bytes: int
+    note: str = ""
+
+
+def config(checkpoint: Path, threads: int, overrides: list[str]) -> DictConfig:
+    """The phi4_mini profile on the CPU (fp32 export, as the CPU builds), serving on `threads`."""
+    from stages.common.params import compose
+
+    return compose(["model=phi4_mini", f"model.path={checkpoint.resolve()}", "model.execution_provider=cpu",
+                    "model.onnx_precision=fp32", "model.device=cpu", f"serving.intra_op_num_threads={threads}",
+                    "serving.inter_op_num_threads=1", *overrides])
+
+
+def key(*parts: object) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:10]
+
+
+def cached(path: Path, build: Callable[[Path], None]) -> Path:
+    """`path`, built into a temporary sibling first where it is not there yet."""
+    if not path.exists():
+        log.info("building %s", path)
+        start = time.perf_counter()
+        with atomic_path(path) as tmp:
+            build(tmp)
+        log.info("built %s in %.0f s", path.name, time.perf_counter() - start)
+    return path
+
+
+def stand_in(layers: int) -> Path:
+    from tools.random_checkpoint import write_random_checkpoint
+
+    path = CACHE / f"phi4_mini-{layers}l"
+    if not path.exists():
+        write_random_checkpoint("phi4_mini", path, layers=layers)
+    return path
+
+
+def onnx_rungs(hf: Path, threads: int, int4_variants: dict[str, list[str]]) -> list[Built]:
+    """FP32, INT8 and INT4 (one per variant of quant_int4 params) of `hf`, by the stages' own code."""
+    from stages.common.onnx_models import run_builder
+    from stages.quant_int4 import quantize_folder
+    from stages.quant_int8 import build_int8
+
+    base = config(hf, threads, [])
+    serving = OmegaConf.to_container(base.serving)
+    fp32 = cached(CACHE / f"onnx_fp32-{key(hf.name, serving)}",
+                  lambda out: run_builder(hf, out, "fp32", "cpu", serving=base.serving))
+    int8 = cached(CACHE / f"onnx_int8-{key(hf.name, serving, OmegaConf.to_container(base.quant_int8))}",
+                  lambda out: build_int8(base, hf, fp32, out))
+    rungs = [Built("onnx_fp32", fp32, "onnx", onnx_decode_bytes(fp32)),
+             Built("onnx_int8", int8, "onnx", onnx_decode_bytes(int8))]
+    for name, overrides in int4_variants.items():
+        cfg = config(hf, threads, overrides)
+        q = OmegaConf.to_container(cfg.quant_int4)
+        path = cached(CACHE / f"onnx_int4-{key(hf.name, serving, q)}",
+                      lambda out, cfg=cfg: quantize_folder(fp32, out, cfg, cfg.quant_int4.algorithm, []))
+        rungs.append(Built(name, path, "onnx", onnx_decode_bytes(path), " ".join(overrides)))
+    return rungs
+
+
+def gguf_rungs(hf: Path, threads: int, file_types: list[str]) -> list[Built]:
+    from stages.common import gguf
+
+    f16 = cached(CACHE / f"{hf.name}-f16.gguf", lambda out: gguf.convert(hf, out, CACHE))
+    rungs = []
+    for file_type in file_types:
+        path = cached(CACHE / f"{hf.name}-{file_type}.gguf",
+                      lambda out, t=file_type: gguf.quantize(f16, out, t, threads))
+        rungs.append(Built(f"llama.cpp {file_type}", path, "llama.cpp", gguf.decode_bytes(path)))
+    return rungs
+
+
+def open_built(rung: Built, threads: int, context: int) -> LanguageModel:
+    if rung.runtime == "llama.cpp":
+        from stages.common.gguf import GgufModel
+
+        return GgufModel(rung.path, threads, context)
+    from stages.common.genai import GenaiModel
+
+    return GenaiModel(rung.path)
+
+
+def timing(model: LanguageModel, prompt: list[int], new_tokens: int, repeats: int) -> tuple[float, float]:
+    """(prefill tok/s, decode tok/s), medians over repeats after a warm-up."""
+    model.timed_decode(prompt, 2)
+    runs = [model.timed_decode(prompt, new_tokens) for _ in range(repeats)]
+    return (statistics.median(len(prompt) / p for p, _ in runs),
+            statistics.median(new_tokens / sum(steps) for _, steps in runs))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--layers", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--prompt-tokens", type=int, default=64)
+    parser.add_argument("--new-tokens", type=int, default=32)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--no-llama-cpp", action="store_true", help="only the ONNX rungs")
+    parser.add_argument("--gguf", default="Q8_0,Q4_0,Q4_K_M", help="llama.cpp file types to compare")
+    parser.add_argument("--int4", action="append", default=[], metavar="NAME:K=V,K=V",
+                        help="one more INT4 rung with quant_int4 overrides, e.g. "
+                             "'int4 lm_head 4-bit:quant_int4.keep_8bit=[]'")
+    parser.add_argument("--build-only", action="store_true", help="build and cache the rungs, time nothing")
+    parser.add_argument("--out", type=Path, default=CACHE / "real_size.json")
+    args = parser.parse_args()
+
+    hf = stand_in(args.layers)
+    variants = {"onnx_int4": [], "onnx_int4 (lm_head 4-bit)": ["quant_int4.keep_8bit=[]"]}
+    for spec in args.int4:
+        name, _, overrides = spec.partition(":")
+        variants[name] = [o for o in overrides.split(",") if o]
+    rungs = onnx_rungs(hf, args.threads, variants)
+    if not args.no_llama_cpp:
+        rungs += gguf_rungs(hf, args.threads, [t for t in args.gguf.split(",") if t])
+    if args.build_only:
+        return
+
+    limits = {1: read_bandwidth(1), args.threads: read_bandwidth(args.threads)}
+    prompt = [(17 + 31 * i) % 8000 + 100 for i in range(args.prompt_tokens)]  # any ids: weights are random
+    rows = []
+    for rung in rungs:
+        model = open_built(rung, args.threads, args.prompt_tokens + args.new_tokens + 8)
+        prefill, decode = timing(model, prompt, args.new_tokens, args.repeats)
+        del model
+        rate = rung.decode_bytes * decode / 1e9
+        rows.append({"rung": rung.name, "runtime": rung.runtime, "decode_mb": round(rung.decode_bytes / 1e6, 1),
+                     "prefill_tok_s": round(prefill, 1), "decode_tok_s": round(decode, 2),
+                     "gb_s": round(rate, 2), "of_limit": round(rate / limits[args.threads], 3), "note": rung.note})
+        log.info("%s: %.2f tok/s", rung.name, decode)
+    report = {"stand_in": str(hf), "layers": args.layers, "threads": args.threads,
+              "prompt_tokens": args.prompt_tokens, "new_tokens": args.new_tokens, "repeats": args.repeats,
+              "bandwidth_gb_s": {str(k): round(v, 1) for k, v in limits.items()}, "rungs": rows}
+    write_json(args.out, report)
+    print(table(report))
+
+
+def table(report: dict) -> str:
+    rows = {r["rung"]: r for r in report["rungs"]}
+    limit = report["bandwidth_gb_s"][str(report["threads"])]
+    lines = [f"Phi-4-mini-width stand-in, {report['layers']} layers, greedy, prompt {report['prompt_tokens']}, "
+             f"{report['new_tokens']} new tokens, {report['threads']} threads, median of {report['repeats']}",
+             f"memory-read bandwidth (same run): {report['bandwidth_gb_s']['1']} GB/s on 1 thread, "
+             f"{limit} GB/s on {report['threads']}",
+             "", "| rung | MB read / token | prefill tok/s | decode tok/s | GB/s | of limit |",
+             "|---|---:|---:|---:|---:|---:|"]
+    lines += [f"| {r['rung']} | {r['decode_mb']:,.0f} | {r['prefill_tok_s']:,.0f} | {r['decode_tok_s']:.1f} | "
+              f"{r['gb_s']:.1f} | {r['of_limit']:.0%} |" for r in rows.values()]
+
+    def ratio(a: str, b: str) -> str:
+        if a not in rows or b not in rows:
+            return ""
+        return f"{a} / {b} = {rows[a]['decode_tok_s'] / rows[b]['decode_tok_s']:.2f}x"
+
+    pairs = [("onnx_int4", "onnx_fp32"), ("onnx_int8", "onnx_fp32"), ("onnx_int4", "onnx_int8"),
+             ("onnx_int4 (lm_head 4-bit)", "onnx_fp32"), ("onnx_int4 (lm_head 4-bit)", "onnx_int8"),
+             ("onnx_int4 (lm_head 4-bit)", "llama.cpp Q4_0"),
+             ("onnx_int4 (lm_head 4-bit)", "llama.cpp Q4_K_M"),
+             ("onnx_int4", "llama.cpp Q4_K_M"), ("onnx_int8", "llama.cpp Q8_0")]
+    lines += ["", *filter(None, (ratio(a, b) for a, b in pairs))]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()
