@@ -4,6 +4,7 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+import onnx
 import pytest
 
 from stages import export, quant_int4, quant_int8, train
@@ -132,6 +133,30 @@ def test_float_rungs_look_up_the_tied_table_without_transposing_it(ladder_worksp
     assert gather_columns(builders) and not gather_columns(builders)
     assert [(n.op_type, list(n.input)) for n in builders.graph.node] == \
         [(n.op_type, list(n.input)) for n in served.graph.node]
+
+
+def test_bytes_a_decode_step_reads(ladder_workspace):
+    """The real-size benchmark's bytes per token: every weight, but an embedding table that only
+    the lookup reads (one row a step). A tied table is read whole by lm_head, so it counts."""
+    from benchmarks.real_size import onnx_decode_bytes
+
+    def weight_bytes(model) -> int:
+        return sum(int({e.key: e.value for e in t.external_data}.get("length", len(t.raw_data)))
+                   for t in model.graph.initializer)
+
+    for folder in (layout.ONNX_FP32, layout.ONNX_INT4):
+        graph = onnx.load(str(folder / "model.onnx"), load_external_data=False)
+        assert onnx_decode_bytes(folder) == weight_bytes(graph)
+    separate = load(layout.ONNX_FP32)
+    untie_embedding(separate)
+    copy_support_files(layout.ONNX_FP32, Path("untied"))
+    save_canonical(separate, Path("untied"))
+    graph = onnx.load("untied/model.onnx", load_external_data=False)
+    lookup = next(n for n in graph.graph.node if n.op_type == "Gather" and "input_ids" in n.input)
+    table = next(t for t in graph.graph.initializer if t.name == lookup.input[0])
+    table_bytes = int({e.key: e.value for e in table.external_data}["length"])
+    assert onnx_decode_bytes(Path("untied")) == weight_bytes(graph) - table_bytes
+    assert table_bytes == 4 * int(np.prod(table.dims)) > 0
 
 
 def test_int4_graph_carries_the_params(ladder_workspace):

@@ -37,7 +37,7 @@ CONVERTER = "convert_hf_to_gguf.py"
 # Run inside the converter's process: the two patches (see the module docstring), then its main.
 _PATCHED_MAIN = """
 import runpy, sys
-sys.path.insert(0, sys.argv[1])
+sys.path[:0] = [sys.argv[1], sys.argv[1] + "/gguf-py"]
 import conversion
 from conversion.base import TextModel
 from conversion.phi import Phi3MiniModel
@@ -65,11 +65,12 @@ def llama_cpp_version() -> str:
 
 
 def converter_dir(cache: Path) -> Path:
-    """llama.cpp's source tree of the installed llama-cpp-python (its converter and `conversion`
-    package), from that version's source distribution on the package registry, cached."""
+    """llama.cpp's source tree of the installed llama-cpp-python (its converter, its `conversion`
+    package and the gguf-py it writes with, newer than the registry's gguf of the same version
+    number), from that version's source distribution on the package registry, cached."""
     version = llama_cpp_version()
     out = cache / f"llama.cpp-{version}"
-    if (out / CONVERTER).is_file():
+    if (out / CONVERTER).is_file() and (out / "gguf-py").is_dir():
         return out
     with tempfile.TemporaryDirectory(prefix="llama-sdist-") as tmp:
         done = subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--no-binary", ":all:",
@@ -79,9 +80,10 @@ def converter_dir(cache: Path) -> Path:
             raise PipelineError(f"could not fetch the llama-cpp-python {version} source for its converter:\n"
                                 f"{done.stderr.strip()[-800:]}")
         prefix = f"{archives[0].name.removesuffix('.tar.gz')}/vendor/llama.cpp/"
+        PACKAGES = (prefix + "conversion/", prefix + "gguf-py/")
         with tarfile.open(archives[0]) as tar, atomic_path(out) as dst:
             members = [m for m in tar.getmembers() if m.name.startswith(prefix) and m.isfile()
-                       and (m.name == prefix + CONVERTER or m.name.startswith(prefix + "conversion/"))]
+                       and (m.name == prefix + CONVERTER or m.name.startswith(PACKAGES))]
             for member in members:
                 member.name = member.name.removeprefix(prefix)
                 tar.extract(member, dst, filter="data")
