@@ -27,10 +27,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
 from stages.common.atomic import atomic_path, write_json
 from stages.common.language_model import LanguageModel
+from stages.common.lm import next_token_fidelity
 from stages.common.runtime import get_logger
 
 log = get_logger(__name__)
@@ -244,6 +246,15 @@ def open_built(rung: Built, threads: int, context: int) -> LanguageModel:
     return model
 
 
+def prompt_logits(rung: Built, model: LanguageModel, prompt: list[int], threads: int, context: int) -> np.ndarray:
+    """Logits at every prompt position (llama.cpp keeps them only when opened to)."""
+    if rung.runtime == "llama.cpp":
+        from stages.common.gguf import GgufModel
+
+        return GgufModel(rung.path, threads, context, all_logits=True).logits(prompt)
+    return model.logits(prompt)
+
+
 def timing(model: LanguageModel, prompt: list[int], new_tokens: int, repeats: int) -> tuple[float, float]:
     """(prefill tok/s, decode tok/s), medians over repeats after a warm-up."""
     model.timed_decode(prompt, 2)
@@ -294,13 +305,22 @@ def main() -> None:
     before = {n: read_bandwidth(n) for n in sorted({1, args.threads})}
     prompt = [(17 + 31 * i) % 8000 + 100 for i in range(args.prompt_tokens)]  # any ids: weights are random
     rows = []
+    references: dict[str, np.ndarray] = {}
     for rung in rungs:
-        model = open_built(rung, args.threads, args.prompt_tokens + args.new_tokens + 8)
+        context = args.prompt_tokens + args.new_tokens + 8
+        model = open_built(rung, args.threads, context)
         prefill, decode = timing(model, prompt, args.new_tokens, args.repeats)
+        logits = prompt_logits(rung, model, prompt, args.threads, context)
         del model
+        # Fidelity on the prompt's positions, so a fast row is also the same function: against the
+        # FP32 graph (the hot-swap rungs: against the FP32 base + adapter).
+        reference = "onnx_adapter_fp32" if rung.runtime == "onnx adapter" else "onnx_fp32"
+        references.setdefault(rung.name, logits)
+        kl, top1 = next_token_fidelity(references[reference], logits)
         rows.append({"rung": rung.name, "runtime": rung.runtime, "decode_mb": round(rung.decode_bytes / 1e6, 1),
                      "prefill_tok_s": round(prefill, 1), "decode_tok_s": round(decode, 2),
-                     "gb_s": round(rung.decode_bytes * decode / 1e9, 2), "note": rung.note})
+                     "gb_s": round(rung.decode_bytes * decode / 1e9, 2), "note": rung.note,
+                     "reference": reference, "kl": round(float(kl.mean()), 5), "top1": round(float(top1.mean()), 3)})
         log.info("%s: %.2f tok/s", rung.name, decode)
     # Measured before and after the rungs, the best of both: the rate this VM gives moves.
     limits = {n: max(rate, read_bandwidth(n)) for n, rate in before.items()}
@@ -320,10 +340,10 @@ def table(report: dict) -> str:
              f"{report['new_tokens']} new tokens, {report['threads']} threads, median of {report['repeats']}",
              f"memory-read bandwidth (same run): {report['bandwidth_gb_s']['1']} GB/s on 1 thread, "
              f"{limit} GB/s on {report['threads']}",
-             "", "| rung | MB read / token | prefill tok/s | decode tok/s | GB/s | of limit |",
-             "|---|---:|---:|---:|---:|---:|"]
+             "", "| rung | MB read / token | prefill tok/s | decode tok/s | GB/s | of limit | KL to FP32 | top-1 |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|"]
     lines += [f"| {r['rung']} | {r['decode_mb']:,.0f} | {r['prefill_tok_s']:,.0f} | {r['decode_tok_s']:.1f} | "
-              f"{r['gb_s']:.1f} | {r['of_limit']:.0%} |" for r in rows.values()]
+              f"{r['gb_s']:.1f} | {r['of_limit']:.0%} | {r['kl']:.5f} | {r['top1']:.3f} |" for r in rows.values()]
 
     def ratio(a: str, b: str) -> str:
         if a not in rows or b not in rows:

@@ -155,9 +155,17 @@ class GgufModel:
         self.llm.eval(list(prompt))
         yield None
         for _ in range(new_tokens):
-            token = int(np.argmax(self.llm.scores[self.llm.n_tokens - 1 if self.llm._logits_all else 0]))
+            token = int(np.argmax(self._last_logits()))
             self.llm.eval([token])
             yield token
+
+    def _last_logits(self) -> np.ndarray:
+        """The last evaluated position's logits, read from llama.cpp's context (Llama.scores is
+        only filled when every position's logits are kept)."""
+        import llama_cpp
+
+        pointer = llama_cpp.llama_get_logits_ith(self.llm._ctx.ctx, -1)
+        return np.ctypeslib.as_array(pointer, shape=(self.llm._n_vocab,))
 
     def greedy(self, prompt: Sequence[int], max_new_tokens: int, stop_ids: Sequence[int]) -> list[int]:
         steps = self._steps(prompt, max_new_tokens)
