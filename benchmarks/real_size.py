@@ -7,7 +7,8 @@ beside llama.cpp on the same weights (GGUF Q8_0, Q4_0, Q4_K_M made by llama.cpp'
 For every rung: prefill and decode tokens/s (median of repeats, one timed loop for all:
 LanguageModel.timed_decode), the weight bytes one decode step reads, the GB/s that makes, and
 its fraction of the machine's memory-read bandwidth, measured in the same run on 1 and on
-`--threads` threads. The limit for a rung is the bandwidth at the threads it runs on.
+`--threads` threads. The limit for a rung is the bandwidth at the threads it runs on. The rungs
+are timed in two passes, the second in reverse order, so the VM's drift falls on all alike.
 
     make bench-real          (python -m benchmarks.real_size --layers 2 --threads 2)
 
@@ -255,21 +256,13 @@ def prompt_logits(rung: Built, model: LanguageModel, prompt: list[int], threads:
     return model.logits(prompt)
 
 
-def timing(model: LanguageModel, prompt: list[int], new_tokens: int, repeats: int) -> tuple[float, float]:
-    """(prefill tok/s, decode tok/s), medians over repeats after a warm-up."""
-    model.timed_decode(prompt, 2)
-    runs = [model.timed_decode(prompt, new_tokens) for _ in range(repeats)]
-    return (statistics.median(len(prompt) / p for p, _ in runs),
-            statistics.median(new_tokens / sum(steps) for _, steps in runs))
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--layers", type=int, default=2)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--prompt-tokens", type=int, default=64)
     parser.add_argument("--new-tokens", type=int, default=32)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=3, help="timed runs per rung in each of two passes")
     parser.add_argument("--no-llama-cpp", action="store_true", help="only the ONNX rungs")
     parser.add_argument("--no-adapter", action="store_true", help="without the hot-swap (base + adapter) rungs")
     parser.add_argument("--gguf", default="Q8_0,Q4_0,Q4_K_M", help="llama.cpp file types to compare")
@@ -302,28 +295,37 @@ def main() -> None:
     if args.build_only:
         return
 
-    before = {n: read_bandwidth(n) for n in sorted({1, args.threads})}
     prompt = [(17 + 31 * i) % 8000 + 100 for i in range(args.prompt_tokens)]  # any ids: weights are random
+    context = args.prompt_tokens + args.new_tokens + 8
+    # Two passes, the second in reverse order, the bandwidth before each: this VM's rates drift by
+    # 20-30 % within minutes, and a rung timed only in a slow minute would lose to one timed in a
+    # fast one. (All models resident at once would be fairer still, but at ~14 GB they push the
+    # memory-mapped weights out of the page cache.)
+    limits = {n: 0.0 for n in sorted({1, args.threads})}
+    runs: dict[str, list] = {rung.name: [] for rung in rungs}
+    logits: dict[str, np.ndarray] = {}
+    for order in (rungs, rungs[::-1]):
+        limits = {n: max(rate, read_bandwidth(n)) for n, rate in limits.items()}
+        for rung in order:
+            model = open_built(rung, args.threads, context)
+            model.timed_decode(prompt, 2)  # warm-up
+            runs[rung.name] += [model.timed_decode(prompt, args.new_tokens) for _ in range(args.repeats)]
+            if rung.name not in logits:
+                logits[rung.name] = prompt_logits(rung, model, prompt, args.threads, context)
+            del model
+    limits = {n: max(rate, read_bandwidth(n)) for n, rate in limits.items()}
     rows = []
-    references: dict[str, np.ndarray] = {}
     for rung in rungs:
-        context = args.prompt_tokens + args.new_tokens + 8
-        model = open_built(rung, args.threads, context)
-        prefill, decode = timing(model, prompt, args.new_tokens, args.repeats)
-        logits = prompt_logits(rung, model, prompt, args.threads, context)
-        del model
+        prefill = statistics.median(len(prompt) / p for p, _ in runs[rung.name])
+        decode = statistics.median(args.new_tokens / sum(steps) for _, steps in runs[rung.name])
         # Fidelity on the prompt's positions, so a fast row is also the same function: against the
         # FP32 graph (the hot-swap rungs: against the FP32 base + adapter).
         reference = "onnx_adapter_fp32" if rung.runtime == "onnx adapter" else "onnx_fp32"
-        references.setdefault(rung.name, logits)
-        kl, top1 = next_token_fidelity(references[reference], logits)
+        kl, top1 = next_token_fidelity(logits[reference], logits[rung.name])
         rows.append({"rung": rung.name, "runtime": rung.runtime, "decode_mb": round(rung.decode_bytes / 1e6, 1),
                      "prefill_tok_s": round(prefill, 1), "decode_tok_s": round(decode, 2),
                      "gb_s": round(rung.decode_bytes * decode / 1e9, 2), "note": rung.note,
                      "reference": reference, "kl": round(float(kl.mean()), 5), "top1": round(float(top1.mean()), 3)})
-        log.info("%s: %.2f tok/s", rung.name, decode)
-    # Measured before and after the rungs, the best of both: the rate this VM gives moves.
-    limits = {n: max(rate, read_bandwidth(n)) for n, rate in before.items()}
     for row in rows:
         row["of_limit"] = round(row["gb_s"] / limits[args.threads], 3)
     report = {"stand_in": str(hf), "layers": args.layers, "threads": args.threads,
@@ -337,7 +339,7 @@ def table(report: dict) -> str:
     rows = {r["rung"]: r for r in report["rungs"]}
     limit = report["bandwidth_gb_s"][str(report["threads"])]
     lines = [f"Phi-4-mini-width stand-in, {report['layers']} layers, greedy, prompt {report['prompt_tokens']}, "
-             f"{report['new_tokens']} new tokens, {report['threads']} threads, median of {report['repeats']}",
+             f"{report['new_tokens']} new tokens, {report['threads']} threads, median of 2 x {report['repeats']}",
              f"memory-read bandwidth (same run): {report['bandwidth_gb_s']['1']} GB/s on 1 thread, "
              f"{limit} GB/s on {report['threads']}",
              "", "| rung | MB read / token | prefill tok/s | decode tok/s | GB/s | of limit | KL to FP32 | top-1 |",

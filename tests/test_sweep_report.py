@@ -36,3 +36,10 @@ def test_an_int4_algorithm_sweep_shows_fidelity_and_accuracy_per_algorithm():
     table = markdown(points(shown))
     assert "| awq | 0.00100 | 0.950 | 0.690 | 0.75x | pass |" in table
     assert "| rtn | 0.00200 | 0.950 | 0.690 | 0.75x | pass |" in table
+
+
+def test_an_experiment_still_running_is_left_out():
+    """DVC shows a queued or running experiment with its baseline's metrics under its own params."""
+    running = {"revs": [experiment("wip", 0.5, 0.9, True, "awq")], "executor": {"state": "running"}}
+    done = {"revs": [experiment("done", 0.5, 0.7, True)], "executor": {"state": "success"}}
+    assert [r["name"] for r in points([{"experiments": [running, done]}])] == ["done"]

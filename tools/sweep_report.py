@@ -66,6 +66,9 @@ def points(exp_show: list[dict]) -> list[dict]:
 
     for commit in exp_show:
         for group in commit.get("experiments") or []:
+            # A queued or running experiment shows its baseline's metrics under its own params.
+            if (group.get("executor") or {}).get("state", "success") != "success":
+                continue
             for rev in group.get("revs", []):
                 add(rev, rev.get("name") or rev.get("rev", "")[:7])
     return sorted(rows, key=lambda p: (p["beta"], p["r"], p["int4_algorithm"]))
