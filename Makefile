@@ -16,7 +16,7 @@ BETA ?= 0,0.2
 ALGOS ?= rtn,awq
 JOBS ?= 1
 
-.PHONY: help setup setup-gpu params repro test test-fast lint bench bench-real review sweep sweep-int4 sweep-report clean
+.PHONY: help setup setup-gpu params repro test test-fast lint bench bench-real gguf-rung review sweep sweep-int4 sweep-report clean
 
 help: ## this list
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  make %-12s %s\n", $$1, $$2}'
@@ -65,6 +65,9 @@ $(BENCH_STAMP): $(STAMP) requirements-bench.txt
 
 bench-real: $(BENCH_STAMP) ## decode at Phi-4-mini width (bandwidth-bound): every rung vs the memory limit and llama.cpp
 	$(BIN)/python -m benchmarks.real_size $(BENCH_ARGS)
+
+gguf-rung: $(BENCH_STAMP) ## after make repro: the merged model as llama.cpp Q4_K_M, scored by evaluate beside INT4
+	$(BIN)/python -m tools.gguf_rung $(GGUF_ARGS)
 
 review: $(STAMP) ## for a pull request: gated metrics vs $(REV) paired per item with intervals, the gates, all metrics
 	@$(BIN)/python -m tools.review --rev $(REV)

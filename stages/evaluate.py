@@ -48,7 +48,9 @@ def rounded(x: float) -> float:
 
 
 def size_mb(model: LanguageModel) -> float:
-    return round(sum(p.stat().st_size for p in model.folder.rglob("*") if p.is_file()) / 1e6, 3)
+    """The rung's bytes on disk: its folder, or its one file (a GGUF)."""
+    files = [model.folder] if model.folder.is_file() else [p for p in model.folder.rglob("*") if p.is_file()]
+    return round(sum(p.stat().st_size for p in files) / 1e6, 3)
 
 
 def reference_passes(model: LanguageModel, tokenizer, rows: Sequence[dict], window: int, desc: str) -> Iterator[tuple]:
