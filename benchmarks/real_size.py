@@ -12,9 +12,10 @@ are timed in two passes, the second in reverse order, so the VM's drift falls on
 
     make bench-real          (python -m benchmarks.real_size --layers 2 --threads 2)
 
-The stand-in and every rung are cached in benchmarks/.cache/ (keyed by what builds them), so a
-second run is only the timing. Goals (issue 19): FP32 and INT4 decode >= 60 % of the limit,
-INT4/FP32 >= 3x, ONNX INT4 >= llama.cpp Q4_0, INT4 faster than INT8.
+The stand-in and every rung are cached in benchmarks/.cache/, keyed by the params and the code
+that build them (BUILD_CODE), so a second run is only the timing. Goals (issue 19): FP32 and
+INT4 decode >= 60 % of the limit, INT4/FP32 >= 3x, ONNX INT4 >= llama.cpp Q4_0, INT4 faster
+than INT8.
 """
 
 from __future__ import annotations
@@ -113,8 +114,14 @@ def config(checkpoint: Path, threads: int, overrides: list[str]) -> DictConfig:
                     "serving.inter_op_num_threads=1", *overrides])
 
 
+# The code that builds a rung: a change to it rebuilds the cached rungs, as a param change does.
+BUILD_CODE = ("stages/common/onnx_models.py", "stages/common/weight_only.py", "stages/common/tied_embedding.py",
+              "stages/common/serving.py", "stages/common/gguf.py", "stages/quant_int8.py", "stages/quant_int4.py")
+
+
 def key(*parts: object) -> str:
-    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:10]
+    code = [hashlib.sha256(Path(f).read_bytes()).hexdigest() for f in BUILD_CODE]
+    return hashlib.sha256(json.dumps([parts, code], sort_keys=True, default=str).encode()).hexdigest()[:10]
 
 
 def cached(path: Path, build: Callable[[Path], None]) -> Path:
