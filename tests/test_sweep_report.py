@@ -34,8 +34,10 @@ def test_points_carry_the_gate_intervals_and_the_plot_draws_them(tmp_path):
 def test_an_int4_algorithm_sweep_shows_fidelity_and_accuracy_per_algorithm():
     shown = [{"experiments": [{"revs": [experiment("rtn", 0.5, 0.7, True), experiment("awq", 0.5, 0.7, True, "awq")]}]}]
     table = markdown(points(shown))
-    assert "| awq | 0.00100 | 0.950 | 0.690 | 0.75x | pass |" in table
-    assert "| rtn | 0.00200 | 0.950 | 0.690 | 0.75x | pass |" in table
+    lora = "8 | 0.5 | 0.700 | +5.00% | 0.800 | 0.500"
+    # Equal LoRA runs: the lower INT4 KL at equal INT4 accuracy is the better point.
+    assert f"| awq ★ | {lora} | awq | 0.00100 | 0.950 | 0.690 | 0.75x | pass |" in table
+    assert f"| rtn | {lora} | rtn | 0.00200 | 0.950 | 0.690 | 0.75x | pass |" in table
 
 
 def test_an_experiment_still_running_is_left_out():

@@ -79,8 +79,15 @@ def fmt(x: float | None, spec: str) -> str:
 
 
 def best(rows: list[dict]) -> dict | None:
+    """The passing point that learnt the domain best with the least forgetting; between equal
+    LoRA runs (an INT4 algorithm sweep), the INT4 rung's domain accuracy, then its KL."""
     passing = [p for p in rows if p["gates_passed"]]
-    return max(passing, key=lambda p: (p["domain_acc"], -p["general_ppl_change"])) if passing else None
+
+    def rank(p: dict) -> tuple:
+        kl = p["int4_kl"] if p["int4_kl"] is not None else float("inf")
+        return p["domain_acc"], -p["general_ppl_change"], p["int4_domain_acc"] or 0.0, -kl
+
+    return max(passing, key=rank) if passing else None
 
 
 def markdown(rows: list[dict]) -> str:
