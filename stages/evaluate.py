@@ -232,11 +232,12 @@ def last_window(ids: list[int], score_from: int, window: int) -> tuple[list[int]
     return ids[cut:], max(1, score_from - cut)
 
 
-def evaluate_rung(rung: Rung, cfg: DictConfig) -> tuple[dict, dict]:
-    """(summary metrics, per-item results) of one rung."""
+def evaluate_rung(rung: Rung, cfg: DictConfig, model: LanguageModel | None = None) -> tuple[dict, dict]:
+    """(summary metrics, per-item results) of one rung; `model`: the rung already opened (a
+    runtime open_rung does not know, as tools/gguf_rung.py's llama.cpp)."""
     tokenizer = load_tokenizer(base_checkpoint(cfg) if rung.name == "torch_base" else layout.MERGED_DIR)
     data = evaluation_data(cfg, tokenizer)
-    model = open_rung(rung, cfg)
+    model = model or open_rung(rung, cfg)
     new_tokens, window = cfg.evaluate.max_new_tokens, cfg.evaluate.ppl_window
     items: dict[str, dict] = {}
     seconds: dict[str, float] = {}

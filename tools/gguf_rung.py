@@ -1,6 +1,6 @@
 """A GGUF rung: the merged model as llama.cpp's Q4_K_M (its own converter and quantizer,
-stages/common/gguf.py), scored by evaluate's own code (`evaluate_rung`, through the rung
-interface: GgufModel) against the FP32 graph, printed beside the ONNX INT4 rung's metrics.
+stages/common/gguf.py), scored by evaluate's own code (`evaluate_rung`, handed a GgufModel,
+the rung interface's llama.cpp implementation) against the FP32 graph, printed beside the ONNX INT4 rung's metrics.
 
 Outside the DVC graph on purpose: llama-cpp-python compiles llama.cpp when installed (19 min on
 this 2-core machine), too heavy for the default set-up that `make repro` and `make test` install.
@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from pathlib import Path
 
 from stages.common import gguf, layout
@@ -39,7 +40,9 @@ def main() -> None:
     if not path.exists():
         gguf.quantize(f16, path, args.type, cfg.serving.intra_op_num_threads or 1)
     name = f"gguf_{args.type.lower()}"
-    metrics, _ = evaluate_rung(Rung(name, path, "llama.cpp", reference="onnx_fp32"), cfg)
+    threads = cfg.serving.intra_op_num_threads or os.cpu_count() or 1  # as the ONNX rungs are served
+    model = gguf.GgufModel(path, threads, all_logits=True)
+    metrics, _ = evaluate_rung(Rung(name, path, "llama.cpp", reference="onnx_fp32"), cfg, model)
     int4 = json.loads((layout.EVAL_METRICS_DIR / "onnx_int4.json").read_text())
     (CACHE / f"{name}.json").write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
     print(f"| metric | {name} | onnx_int4 |\n|---|---:|---:|")

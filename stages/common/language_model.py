@@ -5,8 +5,9 @@ rung, say) is one more class with these three methods.
 - TorchModel: transformers, for the checkpoints (torch_base, torch_lora);
 - GenaiModel (stages/common/genai.py): onnxruntime-genai, as a serving process loads the ONNX
   rungs, an adapter file active where the rung has one;
-- GgufModel (stages/common/gguf.py): llama.cpp, for a GGUF build of the merged model
-  (tools/gguf_rung.py) and the real-size benchmark.
+- GgufModel (stages/common/gguf.py): llama.cpp, for a GGUF build of the merged model and the
+  real-size benchmark; tools/gguf_rung.py opens it and hands it to evaluate_rung (outside the
+  DAG, so no evaluate stage depends on llama.cpp).
 """
 
 from __future__ import annotations
@@ -145,12 +146,6 @@ def open_rung(rung: Rung, cfg: DictConfig) -> LanguageModel:
         raise PipelineError(f"rung {rung.name}: {folder} not found; run the stage that builds it first")
     if rung.runtime == "torch":
         return TorchModel(folder, cfg.model.dtype, cfg.model.device)
-    if rung.runtime == "llama.cpp":  # a GGUF file (tools/gguf_rung.py), on the serving threads
-        import os
-
-        from stages.common.gguf import GgufModel
-
-        return GgufModel(folder, cfg.serving.intra_op_num_threads or os.cpu_count() or 1, all_logits=True)
     from stages.common.genai import GenaiModel
     from stages.common.layout import ADAPTER_FILE
 

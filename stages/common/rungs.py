@@ -16,8 +16,8 @@ from stages.common import layout
 class Rung:
     name: str
     folder: Path                 # the DVC output it is built from (torch_base: the base stage's output)
-    runtime: str                 # "torch" (transformers), "genai" (onnxruntime-genai, as served) or
-                                 # "llama.cpp" (a GGUF file; tools/gguf_rung.py, outside the DAG)
+    runtime: str                 # "torch" (transformers), "genai" (onnxruntime-genai, as served), or
+                                 # "llama.cpp" (tools/gguf_rung.py's GGUF file, outside the DAG)
     adapter: bool = False        # load the folder's .onnx_adapter through og.Adapters and keep it active
     # The rung it is judged against: gates pair their per-item results, and evaluate measures
     # KL(p_reference || p_rung) and top-1 agreement on held-out text (for torch_lora: the drift
