@@ -46,7 +46,7 @@ def read_bandwidth(threads: int, gigabytes: float = 2.0, repeats: int = 7) -> fl
     """Memory-read GB/s on `threads` threads: the best of `repeats` runs of two reads of a buffer
     far larger than any cache, a sum and a matrix-vector product (torch's, split over its intra-op
     threads). The limit is what the machine can do, so the best run, not the median: this VM's
-    rate moves by 30 % within minutes (17-20 GB/s on one thread, 29-32 on two in one hour)."""
+    rate moves by 20-30 % within minutes (17-25 GB/s on one thread, 29-32 on two in one hour)."""
     import torch
 
     previous = torch.get_num_threads()

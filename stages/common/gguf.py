@@ -83,7 +83,7 @@ def converter_dir(cache: Path) -> Path:
         PACKAGES = (prefix + "conversion/", prefix + "gguf-py/")
         with tarfile.open(archives[0]) as tar, atomic_path(out) as dst:
             members = [m for m in tar.getmembers() if m.name.startswith(prefix) and m.isfile()
-                       and (m.name == prefix + CONVERTER or m.name.startswith(PACKAGES))]
+                       and (m.name == prefix + CONVERTER or m.name.startswith(packages))]
             for member in members:
                 member.name = member.name.removeprefix(prefix)
                 tar.extract(member, dst, filter="data")
