@@ -80,7 +80,7 @@ def converter_dir(cache: Path) -> Path:
             raise PipelineError(f"could not fetch the llama-cpp-python {version} source for its converter:\n"
                                 f"{done.stderr.strip()[-800:]}")
         prefix = f"{archives[0].name.removesuffix('.tar.gz')}/vendor/llama.cpp/"
-        PACKAGES = (prefix + "conversion/", prefix + "gguf-py/")
+        packages = (prefix + "conversion/", prefix + "gguf-py/")
         with tarfile.open(archives[0]) as tar, atomic_path(out) as dst:
             members = [m for m in tar.getmembers() if m.name.startswith(prefix) and m.isfile()
                        and (m.name == prefix + CONVERTER or m.name.startswith(packages))]
