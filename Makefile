@@ -15,8 +15,9 @@ R ?= 4,8
 BETA ?= 0,0.2
 ALGOS ?= rtn,awq
 JOBS ?= 1
+SEEDS ?= 1234,1,2,3,4
 
-.PHONY: help setup setup-gpu params repro test test-fast lint bench bench-real gguf-rung review sweep sweep-int4 sweep-report clean
+.PHONY: help setup setup-gpu params repro test test-fast lint bench bench-real gguf-rung review sweep sweep-int4 sweep-report verify-seeds clean
 
 help: ## this list
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  make %-12s %s\n", $$1, $$2}'
@@ -40,8 +41,9 @@ setup-gpu: $(STAMP) ## on a CUDA machine: onnxruntime(-genai) CUDA builds and bi
 params: $(STAMP) ## compose conf/ into params.yaml (OVERRIDES="model=phi4_mini model.path=...")
 	$(BIN)/python -m stages.common.params $(OVERRIDES)
 
-repro: params ## run the whole pipeline on the embedded default (dvc repro)
+repro: params ## run the whole pipeline on the embedded default (dvc repro), then enforce the gates' verdict
 	$(BIN)/dvc repro
+	$(BIN)/python -m stages.gates --enforce
 
 test: $(STAMP) ## run every test (slow end-to-end ones included)
 	$(BIN)/python -m pytest
@@ -75,6 +77,7 @@ review: $(STAMP) ## for a pull request: gated metrics vs $(REV) paired per item 
 	@$(BIN)/dvc metrics diff $(REV) --md
 
 sweep: $(STAMP) ## queue and run a grid: make sweep R="4,8,16" BETA="0,0.05,0.2" [JOBS=1]
+	$(BIN)/python -m stages.common.params --check-grid 'train.lora.r=$(R)' 'train.kl_beta=$(BETA)'
 	$(BIN)/dvc exp run --queue -S 'train.lora.r=$(R)' -S 'train.kl_beta=$(BETA)' -S 'gates.strict=false'
 	$(BIN)/dvc queue start --jobs $(JOBS)
 	@while $(BIN)/dvc queue status | grep -qE 'Queued|Running'; do sleep 10; done
@@ -82,6 +85,7 @@ sweep: $(STAMP) ## queue and run a grid: make sweep R="4,8,16" BETA="0,0.05,0.2"
 	$(BIN)/dvc queue status
 
 sweep-int4: $(STAMP) ## queue and run INT4 algorithms: make sweep-int4 ALGOS="rtn,awq,gptq,hqq" [JOBS=1]
+	$(BIN)/python -m stages.common.params --check-grid 'quant_int4.algorithm=$(ALGOS)'
 	$(BIN)/dvc exp run --queue -S 'quant_int4.algorithm=$(ALGOS)' -S 'gates.strict=false'
 	$(BIN)/dvc queue start --jobs $(JOBS)
 	@while $(BIN)/dvc queue status | grep -qE 'Queued|Running'; do sleep 10; done
@@ -90,6 +94,9 @@ sweep-int4: $(STAMP) ## queue and run INT4 algorithms: make sweep-int4 ALGOS="rt
 
 sweep-report: $(STAMP) ## the sweep as a Markdown table + reports/sweep.png (beta vs accuracy and drift)
 	$(BIN)/python -m tools.sweep_report
+
+verify-seeds: $(STAMP) ## base + LoRA over seeds, each gate's verdict per seed: make verify-seeds [SEEDS=1,2,3] [OVERRIDES=...]
+	$(BIN)/python -m tools.verify_seeds --seeds $(SEEDS) $(OVERRIDES)
 
 clean: ## remove pipeline outputs (not the venv)
 	rm -rf models data/clean metrics/train metrics/eval .dvc/tmp/exps

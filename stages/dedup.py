@@ -46,23 +46,6 @@ from stages.common.textdedup import (
 log = get_logger(__name__)
 
 
-def check_params(p: DictConfig) -> None:
-    d = p.decontamination
-    problems = [msg for ok, msg in [
-        (0 < p.threshold <= 1, f"dedup.threshold={p.threshold} must be in (0, 1]"),
-        (p.shingle_size >= 1, f"dedup.shingle_size={p.shingle_size} must be >= 1"),
-        (p.num_perm >= 2, f"dedup.num_perm={p.num_perm} must be >= 2"),
-        (all(0 < p.reworded[k] <= 1 for k in ("candidates", "spelling", "max_changed")),
-         f"dedup.reworded.candidates, .spelling and .max_changed must be in (0, 1] ({dict(p.reworded)})"),
-        (p.reworded.max_words >= 1, f"dedup.reworded.max_words={p.reworded.max_words} must be >= 1"),
-        (p.workers >= 1 and p.shard_size >= 1, "dedup.workers and dedup.shard_size must be >= 1"),
-        (d.long_n >= 1 and d.short_n >= 1, f"dedup.decontamination n must be >= 1 (long_n={d.long_n}, "
-                                           f"short_n={d.short_n})"),
-        (0 < d.short_overlap <= 1, f"dedup.decontamination.short_overlap={d.short_overlap} must be in (0, 1]"),
-    ] if not ok]
-    if problems:
-        raise PipelineError("; ".join(problems))
-
 
 def load_eval_sets(eval_paths: DictConfig) -> dict[str, list[dict]]:
     if not eval_paths:
@@ -104,7 +87,6 @@ def benchmark(p: DictConfig) -> dict[str, dict]:
 
 def run(cfg: DictConfig) -> None:
     p = cfg.dedup
-    check_params(p)
     train = read_jsonl(cfg.data.train, "instruction")
     eval_sets = load_eval_sets(cfg.data.eval)
     texts = [record_text(r) for r in train]

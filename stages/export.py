@@ -20,7 +20,6 @@ from stages.common.checkpoint import base_checkpoint
 from stages.common.onnx_models import (
     ADAPTER_FILE,
     check_builder_input,
-    check_export_target,
     export_base_with_adapter,
     folder_megabytes,
     run_builder,
@@ -33,7 +32,6 @@ log = get_logger(__name__)
 def run(cfg: DictConfig) -> None:
     provider, precision = cfg.model.execution_provider, cfg.model.onnx_precision
     base_dir = base_checkpoint(cfg)
-    check_export_target(provider, precision)  # before anything is written
     check_builder_input(layout.MERGED_DIR)
     check_builder_input(base_dir)
 

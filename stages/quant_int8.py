@@ -27,7 +27,7 @@ from stages.common.onnx_models import (
 )
 from stages.common.runtime import get_logger, stage_main
 from stages.common.tied_embedding import share_quantized_table
-from stages.common.weight_only import INT8_METHODS, check_choice, quantize_dynamic_int8
+from stages.common.weight_only import quantize_dynamic_int8
 
 log = get_logger(__name__)
 
@@ -45,7 +45,6 @@ def build_int8(cfg: DictConfig, hf_dir: Path, fp32_dir: Path, out: Path) -> None
     """The INT8 rung of checkpoint `hf_dir` (whose FP32 rung is `fp32_dir`) into `out`, as set by
     cfg.quant_int8 (the stage's, and the real-size benchmark's, one route)."""
     q = cfg.quant_int8
-    check_choice("quant_int8.method", q.method, INT8_METHODS)
     if q.method == "builder":
         run_builder(hf_dir, out, "int8", cfg.model.execution_provider,
                     {"block_size": q.block_size, "accuracy_level": q.accuracy_level}, cfg.serving)
@@ -58,7 +57,6 @@ def build_int8(cfg: DictConfig, hf_dir: Path, fp32_dir: Path, out: Path) -> None
 
 def run(cfg: DictConfig) -> None:
     q = cfg.quant_int8
-    check_choice("quant_int8.method", q.method, INT8_METHODS)
     with atomic_path(layout.ONNX_INT8) as tmp:
         build_int8(cfg, layout.MERGED_DIR, layout.ONNX_FP32, tmp)
     size = folder_megabytes(layout.ONNX_INT8, weights_only=True)

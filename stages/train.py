@@ -54,8 +54,6 @@ def run(cfg: DictConfig) -> None:
     from accelerate import Accelerator
 
     t = cfg.train
-    if t.schedule not in ("cosine", "constant"):
-        raise PipelineError(f"train.schedule={t.schedule!r}: expected cosine or constant")
     seed_everything(cfg.seed)
     start = time.perf_counter()
     accelerator = Accelerator(gradient_accumulation_steps=t.grad_accum, cpu=cfg.model.device == "cpu")
@@ -96,10 +94,10 @@ def training_data(cfg: DictConfig, tokenizer) -> tuple[list[Example], list[Examp
         turns = encode(tokenizer, pairs(read_jsonl(cfg.data.safety_train, "instruction"), "response"), t.max_seq_len)
         for e in turns:
             e.kl_only = bool(t.safety_kl_only)
-        train_set += replay_sample(turns, len(train_set), t.safety_mix, cfg.seed, "train.safety_mix")
+        train_set += replay_sample(turns, len(train_set), t.safety_mix, cfg.seed)
     if t.replay_mix > 0:
         corpus = encode_text(tokenizer, [r["text"] for r in read_jsonl(cfg.data.general_corpus, "text")], t.max_seq_len)
-        train_set += replay_sample(corpus, len(train_set), t.replay_mix, cfg.seed, "train.replay_mix")
+        train_set += replay_sample(corpus, len(train_set), t.replay_mix, cfg.seed)
     val_set = encode(tokenizer, pairs(read_jsonl(cfg.data.eval.domain_val, "task"), "answer"), t.max_seq_len)
     if len(train_set) < t.batch_size:
         raise PipelineError(f"{len(train_set)} training examples, fewer than one batch ({t.batch_size})")

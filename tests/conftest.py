@@ -13,8 +13,11 @@ import pytest
 from omegaconf import DictConfig
 
 from stages.common.params import REPO_ROOT, compose
+from stages.common.runtime import pin_numerics
 
 os.environ.setdefault("PROGRESS", "0")
+# Stages run in-process here, not through stage_main: take the pipeline's pinned code paths too.
+pin_numerics(compose().numerics)
 
 
 def copy_data(root: Path) -> None:

@@ -85,9 +85,11 @@ def test_identical_rungs_pass_every_check(workspace):
 def test_a_point_estimate_inside_the_margin_is_not_enough(workspace):
     """The issue's case: LoRA wrong on 4 items the base got right, right on 1 it got wrong, out of
     200: a 1.5-point drop, inside the 2-point margin, but its one-sided bound is not."""
+    run_gates(workspace, {"torch_lora": lora_general(4, 1)})  # recorded: a verdict is a result
     with pytest.raises(SystemExit) as exit_code:
-        run_gates(workspace, {"torch_lora": lora_general(4, 1)})
+        gates.enforce(compose(["gates.strict=true"]))  # what `make repro` runs after `dvc repro`
     assert exit_code.value.code == 1
+    gates.enforce(compose(["gates.strict=false"]))  # a sweep's point: recorded, not enforced
     check = general_check(json.loads(layout.GATES_METRICS.read_text()))
     assert check["point"] == pytest.approx(-0.015)
     assert check["low"] < -0.02 < check["point"]
@@ -187,10 +189,3 @@ def test_kl_of_a_distribution_against_itself_is_zero():
     kl, same = next_token_fidelity(logits, logits[::-1])
     assert kl.mean() > 0.1 and not same.all()
 
-
-def test_a_budget_key_that_is_not_a_rule_is_an_error(workspace):
-    from stages.common.errors import PipelineError
-
-    write_ladder(ladder_items())
-    with pytest.raises(PipelineError, match=r"gates.onnx_int8.max_acc_dorp: unknown rule"):
-        gates.run(compose(["+gates.onnx_int8.max_acc_dorp=0.1"]))

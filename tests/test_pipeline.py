@@ -141,3 +141,31 @@ def test_review_pairs_two_revisions_on_their_committed_items(repo):
     before, after = (float(x) for x in rows[0].split("|")[3:5])
     assert before != after  # the new beta moved it, and the row shows both revisions
     assert "| onnx_int4 | kl |" in out and "# Release gates:" in out and "## All metrics vs HEAD~1" in out
+
+
+def test_a_failing_verdict_is_recorded_and_make_repro_fails(repo):
+    """A FAIL is a result: `dvc repro` keeps gates.json and gates.md with the failing rows, and
+    `make repro` (dvc repro, then the enforcing step) still exits non-zero."""
+    venv = Path(sys.executable).parent.parent  # the installed .venv: make must not build another
+    env = {**os.environ, "PROGRESS": "0"}
+    failing = " ".join([*SHRUNK_OVERRIDES, "gates.strict=true", "gates.onnx_int4.max_kl=0"])
+    done = subprocess.run(["make", "repro", f"VENV={venv}", f"OVERRIDES={failing}"], cwd=repo, env=env,
+                          capture_output=True, text=True)
+    assert done.returncode != 0
+    assert "FAIL: onnx_int4 kl value vs onnx_fp32" in done.stdout + done.stderr
+    verdict = json.loads((repo / "metrics/gates.json").read_text())
+    assert verdict["passed"] is False
+    assert any(c["verdict"] == "FAIL" and c["metric"] == "kl" and c["rung"] == "onnx_int4" for c in verdict["details"])
+    assert "**FAIL**" in (repo / "reports/gates.md").read_text()
+    assert stale(repo) == {"gates"}  # the shrunk params again: only the verdict is out of date
+    sh(repo, "dvc", "repro", "gates")
+
+
+def test_a_sweep_with_a_bad_value_in_its_grid_queues_nothing(repo):
+    venv = Path(sys.executable).parent.parent
+    done = subprocess.run(["make", "sweep", f"VENV={venv}", "R=4,0", "BETA=0.3"], cwd=repo,
+                          env={**os.environ, "PROGRESS": "0"}, capture_output=True, text=True)
+    assert done.returncode != 0
+    assert "train.lora.r=0" in done.stdout + done.stderr and "nothing queued" in done.stdout + done.stderr
+    assert "Queued" not in sh(repo, "dvc", "queue", "status")
+    assert "dvc exp run --queue" not in done.stdout  # make stopped before the queue

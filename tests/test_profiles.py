@@ -8,8 +8,9 @@ import pytest
 from stages import base, train
 from stages.common import checkpoint, layout
 from stages.common.errors import PipelineError
-from stages.common.onnx_models import check_export_target, load
+from stages.common.onnx_models import load
 from stages.common.params import compose
+from stages.common.schema import check_params
 from tests.conftest import SHRUNK_RUN, shrunk
 from tests.onnx_helpers import matmul_nbits_attributes
 from tools.random_checkpoint import architecture
@@ -23,18 +24,17 @@ def test_real_profiles_compose_with_their_settings(profile):
     assert cfg.train.gradient_checkpointing and cfg.quant_int4.block_size == 32 and cfg.quant_int4.accuracy_level == 4
     assert cfg.train.qlora is False  # off by default
     assert cfg.model.onnx_precision == "fp16"  # the builder's CUDA graphs are fp16/bf16
-    check_export_target(cfg.model.execution_provider, cfg.model.onnx_precision)
+    check_params(cfg)
 
 
 def test_export_targets_the_builder_gets_right():
-    check_export_target("cpu", "fp32")
-    check_export_target("cuda", "bf16")
-    with pytest.raises(PipelineError, match="fp16 or bf16"):
-        check_export_target("cuda", "fp32")  # builder 0.18: packed Attention without KV outputs
+    check_params(compose(["model=phi4_mini", "model.path=/m", "model.onnx_precision=bf16"]))
+    with pytest.raises(PipelineError, match="fp16 or bf16"):  # builder 0.18: packed Attention without KV outputs
+        check_params(compose(["model=phi4_mini", "model.path=/m", "model.onnx_precision=fp32"]))
     with pytest.raises(PipelineError, match="expected fp32"):
-        check_export_target("cpu", "fp16")
-    with pytest.raises(PipelineError, match="execution_provider"):
-        check_export_target("dml", "fp16")
+        check_params(compose(["model.onnx_precision=fp16"]))
+    with pytest.raises(PipelineError, match="model.execution_provider='dml'"):
+        check_params(compose(["model.execution_provider=dml"]))
 
 
 def test_stand_in_architectures_keep_what_makes_each_model_itself():

@@ -29,10 +29,9 @@ def test_nulls_keep_the_builders_values():
 
 @pytest.mark.parametrize(("knob", "message"), [
     ({"max_length": 4096}, r"serving.max_length=4096: expected 1..512"),
-    ({"intra_op_num_threads": -1}, r"serving.intra_op_num_threads=-1"),
-    ({"inter_op_num_threads": "two"}, r"serving.inter_op_num_threads='two'"),
     ({"provider_options": {"x": 1}}, r"serving.provider_options=.*CPU provider takes none"),
 ])
 def test_bad_knobs_name_their_key(knob, message):
+    """What needs the model (its context length) or the provider; value ranges: tests/test_schema.py."""
     with pytest.raises(PipelineError, match=message):
         serving_config(BUILDER, {**NULLS, **knob}, provider="cpu")

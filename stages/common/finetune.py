@@ -54,11 +54,8 @@ def encode_text(tokenizer, texts: Sequence[str], max_len: int) -> list[Example]:
     return out
 
 
-def replay_sample(windows: Sequence[Example], n_task: int, fraction: float, seed: int,
-                  key: str = "train.replay_mix") -> list[Example]:
+def replay_sample(windows: Sequence[Example], n_task: int, fraction: float, seed: int) -> list[Example]:
     """`fraction` of the mix (after adding them) drawn from `windows`: replay text, safety turns."""
-    if not 0 <= fraction < 1:
-        raise PipelineError(f"{key}={fraction} must be in [0, 1)")
     n = min(len(windows), round(n_task * fraction / (1 - fraction)))
     return random.Random(seed).sample(list(windows), n)
 
@@ -95,8 +92,6 @@ def batches(examples: Sequence[Example], batch_size: int, seed: int, rank: int =
 def mix_general(domain: Sequence[tuple[str, str]], general: Sequence[tuple[str, str]], fraction: float,
                 seed: int) -> list[tuple[str, str]]:
     """Domain pairs plus general pairs making up `fraction` of the result (against forgetting)."""
-    if not 0 <= fraction < 1:
-        raise PipelineError(f"train.general_mix={fraction} must be in [0, 1)")
     n_general = min(len(general), round(len(domain) * fraction / (1 - fraction)))
     return list(domain) + random.Random(seed).sample(list(general), n_general)
 

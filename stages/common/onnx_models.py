@@ -26,19 +26,7 @@ MODEL_FILE = "model.onnx"
 DATA_FILE = "model.onnx.data"
 LORA_RANK_DIM = "lora_rank"
 BUILDER_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
-# (execution provider, float precision) pairs the builder makes a working graph for. CPU runs
-# GroupQueryAttention in fp32 only; on CUDA, fp32 gets a packed Attention op that the builder
-# (0.18) wires without KV-cache outputs, an invalid graph. Microsoft's CUDA builds are fp16.
-EXPORT_TARGETS = {"cpu": ("fp32",), "cuda": ("fp16", "bf16")}
-FLOAT_PRECISIONS = ("fp32", "fp16", "bf16")
-
-
-def check_export_target(provider: str, precision: str) -> None:
-    if provider not in EXPORT_TARGETS:
-        raise PipelineError(f"model.execution_provider={provider!r}: expected one of {', '.join(EXPORT_TARGETS)}")
-    if precision not in EXPORT_TARGETS[provider]:
-        raise PipelineError(f"model.onnx_precision={precision!r} on {provider}: expected "
-                            f"{' or '.join(EXPORT_TARGETS[provider])} (see EXPORT_TARGETS for why)")
+FLOAT_PRECISIONS = ("fp32", "fp16", "bf16")  # which one a provider takes: schema.EXPORT_TARGETS
 
 
 def check_builder_input(path: Path) -> None:

@@ -38,8 +38,11 @@ def compose(overrides: Sequence[str] = (), conf_dir: Path = CONF_DIR) -> DictCon
 def write_params(overrides: Sequence[str] = (), output: Path = PARAMS_FILE, conf_dir: Path = CONF_DIR) -> None:
     """Compose conf/ into params.yaml, the same bytes `dvc exp run` writes."""
     from stages.common.atomic import write_text
+    from stages.common.schema import check_params
 
-    write_text(output, OmegaConf.to_yaml(compose(overrides, conf_dir)))
+    cfg = compose(overrides, conf_dir)
+    check_params(cfg, f"conf/ composed with {' '.join(overrides) or 'no overrides'} (nothing written)")
+    write_text(output, OmegaConf.to_yaml(cfg))
 
 
 def load_params(argv: Sequence[str] | None = None, path: Path = PARAMS_FILE, conf_dir: Path = CONF_DIR) -> DictConfig:
@@ -58,6 +61,9 @@ def load_params(argv: Sequence[str] | None = None, path: Path = PARAMS_FILE, con
         cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(argv))
     except ConfigKeyError as e:
         raise PipelineError(f"unknown parameter in overrides {argv}: {e.msg}") from e
+    from stages.common.schema import check_params
+
+    check_params(cfg, f"{path}{' with ' + ' '.join(argv) if argv else ''}")
     return cfg
 
 
@@ -115,10 +121,48 @@ def required(cfg: DictConfig, key: str) -> object:
     return value
 
 
+def grid(sweep: Sequence[str]) -> list[list[str]]:
+    """The points of a sweep written as `dvc exp run -S` takes it (Hydra's `key=a,b` grid syntax),
+    each as a list of plain overrides."""
+    import itertools
+
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    axes = []
+    for override in OverridesParser.create().parse_overrides(list(sweep)):
+        key = override.get_key_element()
+        values = list(override.sweep_string_iterator()) if override.is_sweep_override() else \
+            [override.get_value_element_as_str()]
+        axes.append([f"{key}={v}" for v in values])
+    return [list(point) for point in itertools.product(*axes)]
+
+
+def check_grid(sweep: Sequence[str], conf_dir: Path = CONF_DIR) -> int:
+    """Every point of a sweep composed and checked against the schema; nothing written. Raises on
+    the first bad point, naming it, so that a sweep queues nothing rather than fail halfway."""
+    from stages.common.schema import check_params
+
+    points = grid(sweep)
+    for point in points:
+        check_params(compose(point, conf_dir), f"sweep point {' '.join(point)} (nothing queued)")
+    return len(points)
+
+
 def main() -> None:
-    """`python -m stages.common.params [overrides]`: write params.yaml from conf/."""
-    write_params(sys.argv[1:])
-    print(f"wrote {PARAMS_FILE} from conf/ {' '.join(sys.argv[1:])}".rstrip())
+    """`python -m stages.common.params [overrides]`: write params.yaml from conf/.
+    `python -m stages.common.params --check-grid 'train.lora.r=4,8' ...`: check a sweep's points."""
+    from stages.common.runtime import get_logger
+
+    args = sys.argv[1:]
+    try:
+        if args[:1] == ["--check-grid"]:
+            print(f"sweep: {check_grid(args[1:])} points, every one valid")
+            return
+        write_params(args)
+    except PipelineError as e:
+        get_logger(__name__).error("%s", e)
+        sys.exit(2)
+    print(f"wrote {PARAMS_FILE} from conf/ {' '.join(args)}".rstrip())
 
 
 if __name__ == "__main__":

@@ -49,6 +49,27 @@ def seed_everything(seed: int) -> None:
     os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
 
 
+# Environment variables that cap a library's code path. Both are read lazily (torch at its first
+# dispatched kernel, MKL at its first call), so setting them at a stage's start, before any tensor
+# work, is in time even when torch is already imported.
+NUMERICS_ENV = {"cpu_capability": "ATEN_CPU_CAPABILITY", "mkl_cbwr": "MKL_CBWR"}
+
+
+def pin_numerics(numerics: DictConfig | None) -> None:
+    """Run torch on the code path `numerics` names, not the best one this CPU has.
+
+    torch picks its vectorized kernels (AVX2, AVX-512) and MKL its GEMM kernels by instruction
+    set, so the same seed otherwise follows another floating-point path on another CPU, and every
+    output after base differs (README "Same bytes on another CPU" has the measurements). A null
+    value leaves that library to choose."""
+    if numerics is None:
+        return
+    for key, var in NUMERICS_ENV.items():
+        value = numerics.get(key)
+        if value is not None:
+            os.environ[var] = str(value)
+
+
 def progress(items: Iterable[T], desc: str, total: int | None = None) -> Iterator[T]:
     """A tqdm bar on stderr; quiet when PROGRESS=0 (tests, CI logs)."""
     from tqdm.auto import tqdm
@@ -80,7 +101,9 @@ def stage_main(run: Callable[[DictConfig], object], name: str | None = None) -> 
     def main(argv: list[str] | None = None) -> None:
         log = get_logger(name or run.__module__)
         try:
-            run(load_params(argv))
+            cfg = load_params(argv)
+            pin_numerics(cfg.get("numerics"))
+            run(cfg)
         except PipelineError as e:
             log.error("%s", e)
             sys.exit(2)

@@ -33,17 +33,14 @@ def serving_config(config: dict, serving: Mapping, provider: str) -> dict:
     search = config.setdefault("search", {})
     for key in ("intra_op_num_threads", "inter_op_num_threads"):
         value = serving.get(key)
-        if value is not None:
-            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-                raise PipelineError(f"serving.{key}={value!r}: expected a thread count >= 0 (0: onnxruntime's "
-                                    "default) or null")
+        if value is not None:  # a count >= 0, checked with params (schema.py)
             session[key] = value
     if serving.get("past_present_share_buffer") is not None:
         search["past_present_share_buffer"] = bool(serving["past_present_share_buffer"])
     max_length = serving.get("max_length")
     if max_length is not None:
         context = config["model"]["context_length"]
-        if not isinstance(max_length, int) or not 0 < max_length <= context:
+        if max_length > context:  # >= 1 is the schema's; the context is the model's
             raise PipelineError(f"serving.max_length={max_length!r}: expected 1..{context} (the model's "
                                 "context_length) or null")
         search["max_length"] = max_length

@@ -26,15 +26,6 @@ from stages.common.tied_embedding import (
     untie_embedding,
 )
 
-INT4_ALGORITHMS = ("rtn", "k_quant", "hqq", "gptq", "awq")  # awq: scales folded first (awq.py), then rtn
-INT8_METHODS = ("builder", "dynamic")
-BLOCK_SIZES = (16, 32, 64, 128, 256)  # powers of two; 512 returned zeros on CPU in onnxruntime 1.26
-
-
-def check_choice(key: str, value: str, choices: Sequence[str]) -> None:
-    if value not in choices:
-        raise PipelineError(f"{key}={value!r}: unknown; choose one of {', '.join(choices)}")
-
 
 def lora_matmuls(model) -> list[str]:
     """MatMul nodes fed by a LoRA weight: kept in float so the adapter stays swappable."""
@@ -81,8 +72,9 @@ def calibration_reader(model, samples: Sequence[Sequence[int]], head_size: int):
 
 
 class WeightOnlySpec:
-    """Weight-only blockwise quantization (MatMulNBits), validated once; `key` names the params
-    section it came from, for the error messages."""
+    """Weight-only blockwise quantization (MatMulNBits); `key` names the params section it came from.
+    Its values are checked with the rest of params.yaml (stages/common/schema.py); here only what
+    no param states: that only rtn and hqq make 8 bits."""
 
     bits: int = 4                     # 4 or 8
     algorithm: str = "rtn"            # rtn | k_quant | hqq | gptq | awq (folded before: awq.py)
@@ -94,20 +86,9 @@ class WeightOnlySpec:
     key: str = "quant_int4"
 
     def __post_init__(self) -> None:
-        check_choice(f"{self.key}.algorithm", self.algorithm, INT4_ALGORITHMS)
-        problems = [msg for ok, msg in [
-            (self.bits in (4, 8), f"bits={self.bits}: expected 4 or 8"),
-            (self.block_size in BLOCK_SIZES, f"block_size={self.block_size}: expected one of {BLOCK_SIZES}"),
-            (self.accuracy_level in (0, 1, 2, 3, 4), f"accuracy_level={self.accuracy_level}: expected 0..4"),
-            (self.bits == 4 or self.algorithm in ("rtn", "hqq"), f"algorithm={self.algorithm}: 4 bits only"),
-        ] if not ok]
-        for pattern in self.keep_8bit:
-            try:
-                re.compile(pattern)
-            except re.error as e:
-                problems.append(f"keep_8bit: {pattern!r} is not a regular expression ({e})")
-        if problems:
-            raise PipelineError("; ".join(f"{self.key}.{p}" for p in problems))
+        if self.bits not in (4, 8) or (self.bits == 8 and self.algorithm not in ("rtn", "hqq")):
+            raise PipelineError(f"{self.key}.algorithm={self.algorithm}: {self.bits} bits: rtn and hqq make 8 bits, "
+                                "every algorithm makes 4")
 
     @classmethod
     def from_params(cls, section, key: str) -> WeightOnlySpec:
