@@ -3,8 +3,8 @@
 The naive loop builds one datasketch.MinHash per document and calls update() per shingle (the
 textbook usage). The stage uses MinHash.bulk (one batched update per document, permutations
 initialised once) with a faster hash, sharded over worker processes. Both signature sets then go
-through the same LSH + exact-Jaccard step, and recall on the planted near-duplicates is printed
-for each, so the speed-up is at equal recall.
+through the same LSH + pair-confirmation step (the stage's rule), and recall on the planted
+near-duplicates is printed for each, so the speed-up is at equal recall.
 
     make bench        (or: python -m benchmarks.dedup_signatures --workers 2 --repeat 4)
 """
@@ -16,8 +16,9 @@ import time
 
 import numpy as np
 
+from stages.common.params import compose
 from stages.common.records import read_jsonl
-from stages.common.textdedup import near_duplicates, record_text, shingles, signatures, words
+from stages.common.textdedup import near_duplicates, record_features, signatures
 
 RAW = "data/raw/domain_train.jsonl"
 TRUTH = "data/raw/planted.jsonl"
@@ -35,8 +36,11 @@ def naive_signatures(shingle_sets, num_perm: int) -> np.ndarray:
     return np.stack(rows)
 
 
-def near_dup_recall(shingle_sets, sigs, ids, truth, threshold, weights) -> float:
-    found = {ids[i] for i in near_duplicates(shingle_sets, sigs, threshold, weights)}
+def near_dup_recall(records, sigs, truth) -> float:
+    from stages.dedup import rule
+
+    p = compose().dedup
+    found = {records[i]["id"] for i in near_duplicates(records, sigs, rule(p), tuple(p.lsh_weights))}
     planted = {t["id"] for t in truth if t["kind"] == "near_duplicate"}
     return len(found & planted) / len(planted)
 
@@ -51,7 +55,7 @@ def main() -> None:
 
     records = read_jsonl(RAW, "instruction")
     truth = read_jsonl(TRUTH, "ground_truth")
-    base_sets = [shingles(words(record_text(r)), 3) for r in records]
+    base_sets = [record_features(r) for r in records]
     corpus = base_sets * args.repeat
     print(f"corpus: {len(corpus)} documents ({len(records)} records x {args.repeat}), num_perm={args.num_perm}")
 
@@ -62,10 +66,9 @@ def main() -> None:
     ours = signatures(corpus, args.num_perm, args.workers, args.shard_size)
     ours_s = time.perf_counter() - start
 
-    ids = [r["id"] for r in records]
     n = len(records)
-    recall_naive = near_dup_recall(base_sets, naive[:n], ids, truth, 0.5, (0.2, 0.8))
-    recall_ours = near_dup_recall(base_sets, ours[:n], ids, truth, 0.5, (0.2, 0.8))
+    recall_naive = near_dup_recall(records, naive[:n], truth)
+    recall_ours = near_dup_recall(records, ours[:n], truth)
     print(f"{'method':<44}{'signatures/s':>14}{'recall':>9}")
     print(f"{'naive: MinHash() + update() per shingle':<44}{len(corpus) / naive_s:>14,.0f}{recall_naive:>9.3f}")
     print(f"{f'stage: MinHash.bulk, {args.workers} workers':<44}{len(corpus) / ours_s:>14,.0f}{recall_ours:>9.3f}")

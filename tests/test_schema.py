@@ -102,7 +102,7 @@ def override(key: str, value: object) -> str:
 
 def test_the_walk_finds_the_rules_the_issue_named():
     keys = {k for k, _ in RULES}
-    assert {"train.kl_beta", "train.lora.r", "quant_int4.block_size", "quant_int4.algorithm", "dedup.threshold",
+    assert {"train.kl_beta", "train.lora.r", "quant_int4.block_size", "quant_int4.algorithm", "dedup.similarity.prompt",
             "gates.confidence", "numerics.cpu_capability", f"gates.{BUDGET_RUNG}.max_kl"} <= keys
     assert len(keys) > 60
 
@@ -155,11 +155,11 @@ def test_a_stage_refuses_a_bad_params_yaml_at_its_start(tmp_path, monkeypatch):
     write_params([], Path("params.yaml"))
     with pytest.raises(PipelineError, match=r"params.yaml with train.kl_beta=-0.5: train.kl_beta=-0.5"):
         load_params(["train.kl_beta=-0.5"])
-    text = Path("params.yaml").read_text().replace("threshold: 0.6", "threshold: 1.5")
+    text = Path("params.yaml").read_text().replace("candidates: 0.5", "candidates: 1.5")
     Path("params.yaml").write_text(text)
     done = subprocess.run([sys.executable, "-m", "stages.dedup"], cwd=tmp_path, capture_output=True, text=True,
                           env={"PYTHONPATH": str(REPO_ROOT), "COLUMNS": "200"}, timeout=60)
-    assert done.returncode == 2 and "dedup.threshold=1.5" in done.stderr + done.stdout
+    assert done.returncode == 2 and "dedup.candidates=1.5" in done.stderr + done.stdout
     assert not (tmp_path / "data").exists()
 
 

@@ -4,7 +4,9 @@
 
 For each seed, in its own workspace under .dvc/tmp/seeds/ (the data copied in, params composed
 from conf/ with the overrides and `seed=<seed>`), runs the stages that a seed changes: base, train
-and evaluate on the torch rungs (dedup once, shared: it draws no random numbers). Then judges the
+and evaluate on the torch rungs (dedup once, shared: it draws no random numbers). A seed's base is
+kept from its last run when what it reads is unchanged, so trying another LoRA recipe costs train
+and one evaluation per seed. Then judges the
 LoRA rung's gates (conf/gates/, the same `stages.gates.checks`) per seed and prints one table: each
 check's estimate and verdict per seed, its mean and spread, and its worst distance to the
 threshold. A gate that passes on some seeds only is a recipe sitting on its margin: a different
@@ -43,26 +45,48 @@ def stage(workspace: Path, *args: str) -> None:
         sys.exit(f"{' '.join(args)} failed in {workspace}:\n{done.stderr[-3000:]}")
 
 
+# What the base and its evaluation read: when these are unchanged since the seed's last run, its
+# base is kept (a recipe change in train re-runs train and the LoRA rung only).
+BASE_KEYS = ("seed", "numerics", "base", "model", "data", "evaluate")
+
+
+def fingerprint(cfg, keys: tuple[str, ...]) -> str:
+    return json.dumps({k: OmegaConf.to_container(cfg[k]) if OmegaConf.is_config(cfg[k]) else cfg[k] for k in keys},
+                      sort_keys=True)
+
+
 def run_seed(seed: int, overrides: list[str], clean: Path | None) -> tuple[Path, dict[str, float]]:
     """The seed's own base, LoRA and torch-rung evaluation; seconds per stage."""
     workspace = WORK / str(seed)
-    shutil.rmtree(workspace, ignore_errors=True)
-    for part in ("raw", "eval", "bench"):
-        shutil.copytree(REPO_ROOT / "data" / part, workspace / "data" / part)
+    cfg = compose([*overrides, f"seed={seed}"])
+    stamp = workspace / "base.params.json"
+    reuse = stamp.is_file() and stamp.read_text() == fingerprint(cfg, BASE_KEYS) and \
+        (workspace / layout.EVAL_ITEMS_DIR / "torch_base.json").is_file()
+    if not reuse:
+        shutil.rmtree(workspace, ignore_errors=True)
+        for part in ("raw", "eval", "bench"):
+            shutil.copytree(REPO_ROOT / "data" / part, workspace / "data" / part)
     write_params([*overrides, f"seed={seed}"], workspace / "params.yaml")
     seconds = {}
-    steps = [("base", ["stages.base"]), ("train", ["stages.train"]),
-             ("evaluate@torch_base", ["stages.evaluate", "torch_base"]),
-             ("evaluate@torch_lora", ["stages.evaluate", RUNG])]
+    steps = [("train", ["stages.train"]), ("evaluate@torch_lora", ["stages.evaluate", RUNG])]
+    if not reuse:
+        steps[:0] = [("base", ["stages.base"])]
+        steps[2:2] = [("evaluate@torch_base", ["stages.evaluate", "torch_base"])]
     if clean is None:
-        steps.insert(1, ("dedup", ["stages.dedup"]))
-    else:
+        shutil.rmtree(workspace / "data" / "clean", ignore_errors=True)
+        steps.insert(0 if reuse else 1, ("dedup", ["stages.dedup"]))
+    elif clean != workspace / "data" / "clean":
+        shutil.rmtree(workspace / "data" / "clean", ignore_errors=True)
         shutil.copytree(clean, workspace / "data" / "clean")
     for name, args in steps:
         start = time.perf_counter()
         stage(workspace, *args)
         seconds[name] = round(time.perf_counter() - start, 1)
         print(f"  seed {seed}: {name} {seconds[name]:.0f} s", flush=True)
+        if name == "evaluate@torch_base":
+            stamp.write_text(fingerprint(cfg, BASE_KEYS))
+    if reuse:
+        print(f"  seed {seed}: base and its evaluation kept (their params are unchanged)", flush=True)
     return workspace, seconds
 
 

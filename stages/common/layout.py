@@ -9,6 +9,7 @@ CLEAN_DIR = Path("data/clean")
 CLEAN_TRAIN = CLEAN_DIR / "train.jsonl"
 REMOVED = CLEAN_DIR / "removed.jsonl"
 DEDUP_METRICS = Path("metrics/dedup.json")
+DEDUP_REPORT = Path("reports/dedup.md")
 
 LORA_DIR = Path("models/lora")
 ADAPTER_DIR = LORA_DIR / "adapter"

@@ -84,22 +84,20 @@ class Base(Section):
     pretrain: Pretrain
 
 
-class SameTask(Section):
-    answers: bool
-    numbers: bool
-
-
-class Reworded(Section):
-    enabled: bool
-    candidates: Threshold
+class Similarity(Section):
+    prompt: Threshold
+    response: Threshold
     spelling: Threshold
-    max_changed: Annotated[float, Field(gt=0, le=1, description="a share of the prompt's words")]
-    max_words: Count
+
+
+class LabelledSet(Section):
+    records: str
+    truth: str
 
 
 class Benchmark(Section):
-    records: str | None
-    truth: str | None
+    families: LabelledSet
+    external: LabelledSet
 
 
 class Decontamination(Section):
@@ -109,13 +107,13 @@ class Decontamination(Section):
 
 
 class Dedup(Section):
-    shingle_size: Count
+    similarity: Similarity
+    parameters: bool
+    candidates: Threshold
     num_perm: Annotated[int, Field(ge=2, description="MinHash permutations: LSH needs at least one band of two")]
-    threshold: Threshold
-    same_task: SameTask
-    reworded: Reworded
-    benchmark: Benchmark
     lsh_weights: Annotated[list[Annotated[float, Field(ge=0, le=1)]], Field(min_length=2, max_length=2)]
+    max_near_fraction: Annotated[float, Field(ge=0, le=1, description="a share of the input records")]
+    benchmark: Benchmark
     workers: Count
     shard_size: Count
     decontamination: Decontamination

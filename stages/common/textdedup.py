@@ -1,17 +1,13 @@
 """Dedup and decontamination as small pure functions over records (each testable alone).
 
-normalize -> words -> shingles -> signatures (datasketch, sharded) -> LSH candidates -> exact
-Jaccard check and the same-task checks -> keep the first of each group. Decontamination against
-the eval sets is its own module (decontamination.py).
+normalize -> words -> record_features -> signatures (datasketch, sharded) -> LSH candidate pairs
+-> `is_near_duplicate` on each pair -> `keep_first`. Every step but the last is per record or per
+pair, which is what lets the Spark engine (spark_dedup.py) run the same functions. Decontamination
+against the eval sets is its own module (decontamination.py).
 
-Word-shingle Jaccard alone misleads on short records: "Convert 3 km to miles" and "Convert 30 km
-to miles" share half their shingles and are different tasks. So a near-duplicate must also be
-the same task (`same_task`): its answers agree, and no number was swapped for another. And the
-reverse: a one-word edit of a four-word prompt ("Is 40 a prime number?" / "Is 40 prime number?",
-a typo, a "please") leaves word-shingle Jaccard far below any safe threshold, so a re-worded prompt
-is a second way in (`reworded`): an alignment of the two prompts' words whose edits touch no
-parameter. Measured on data/bench/short_instructions.jsonl (data/README.md, "Dedup on short
-records").
+The rule: a near-duplicate is a near-duplicate *record*, prompt and response both near-identical
+by a symmetric similarity (`similarity`). Measured on task families the rule was not designed on
+(data/bench/families.jsonl, data/README.md).
 """
 
 from __future__ import annotations
@@ -104,116 +100,190 @@ def signatures(shingle_sets: Sequence[set[str]], num_perm: int, workers: int, sh
 
 
 # ------------------------------------------------------------------------------ near duplicates
-def answers_agree(a: dict, b: dict) -> bool:
-    """Every word of the shorter answer is in the longer one ("24" and "The answer is 24." agree;
-    "1.86 miles" and "18.64 miles" do not). Records without a response agree."""
-    x, y = set(words(a.get("response", ""))), set(words(b.get("response", "")))
-    return x <= y if len(x) <= len(y) else y <= x
-
-
-def numbers_agree(a: dict, b: dict) -> bool:
-    """No number of one record was swapped for another number: numbers only one side has are fine
-    (a dropped or added figure), but each side holding one the other lacks is a changed
-    parameter, and in a short instruction a changed parameter is another task ("Add 14 and 12" /
-    "Add 14 and 21")."""
-    na, nb = (Counter(w for w in words(record_text(r)) if w.isdigit()) for r in (a, b))
-    return not (na - nb and nb - na)
-
-
-def same_task(a: dict, b: dict, check_answers: bool, check_numbers: bool) -> bool:
-    return (not check_answers or answers_agree(a, b)) and (not check_numbers or numbers_agree(a, b))
-
-
-def prompt_words(text: str) -> list[tuple[str, bool]]:
-    """A prompt's words, each with whether it is a parameter of the request: a number, or an item
-    of a comma- or semicolon-separated list (the things that make another task when changed)."""
-    tokens = WORD_OR_SEPARATOR.findall(normalize(text))
-    return [(t, t.isdigit() or (k > 0 and tokens[k - 1] in ",;") or (k + 1 < len(tokens) and tokens[k + 1] in ",;"))
-            for k, t in enumerate(tokens) if t not in ",;"]
-
-
-def prompt_ngrams(text: str) -> set[str]:
-    joined = " ".join(words(text))
-    return {joined[i : i + PROMPT_NGRAM] for i in range(max(1, len(joined) - PROMPT_NGRAM + 1))}
-
-
-def reworded(a: str, b: str, spelling: float, max_changed: float) -> bool:
-    """The same request re-worded: aligned word by word (difflib), the two prompts differ by edits
-    that touch no parameter (`prompt_words`), whose substitutions are spelling variants (character
-    similarity >= `spelling`: "tehse"/"these" 0.8, "river"/"silver" 0.73), and that change at most
-    `max_changed` of the longer prompt's words (a greeting or a "please" added, a word dropped)."""
-    wa, wb = prompt_words(a), prompt_words(b)
-    changed = 0
-    for op, i1, i2, j1, j2 in difflib.SequenceMatcher(None, [w for w, _ in wa], [w for w, _ in wb],
-                                                      autojunk=False).get_opcodes():
-        if op == "equal":
-            continue
-        if any(param for _, param in (*wa[i1:i2], *wb[j1:j2])):
-            return False
-        if op == "replace" and (i2 - i1 != j2 - j1 or any(
-                difflib.SequenceMatcher(None, x, y).ratio() < spelling
-                for (x, _), (y, _) in zip(wa[i1:i2], wb[j1:j2], strict=True))):
-            return False
-        changed += max(i2 - i1, j2 - j1)
-    return changed <= max_changed * max(len(wa), len(wb))
+# A training example is its prompt *and* its response: two records are near-duplicates only when
+# both are near-identical (`record_similarity`, symmetric). A pair whose answers differ teaches two
+# things and is never removed, however alike its prompts; a long answer with one word changed is
+# still the same record. One special case is kept because it paid on data the rule was not built
+# on (README "Your own data"): a changed parameter (a number, a list item) makes another task even
+# when the short answers agree ("Is 67 an odd number?" / "Is 71 an odd number?", both "Yes").
 
 
 @dataclass(frozen=True)
-class RewordRule:
-    candidates: float   # LSH threshold on the prompts' character n-grams that proposes pairs
-    spelling: float     # `reworded`'s similarity for a substituted word
-    max_changed: float  # `reworded`'s share of the longer prompt's words that may change
-    max_words: int      # only prompts this short: longer ones share enough shingles for Jaccard
+class NearDuplicateRule:
+    prompt: float      # least similarity of the prompts (a re-worded prompt may pass)
+    response: float    # least similarity of the responses (what the example teaches: stricter)
+    spelling: float    # two words at least this alike (characters) count as one: a typo
+    parameters: bool   # the prompts' numbers and list items agree (`parameters_agree`)
+    candidates: float  # LSH threshold of the candidate index (record_features' Jaccard)
 
 
-def near_duplicates(records: Sequence[dict], shingle_sets: Sequence[set[str]], sigs: np.ndarray, threshold: float,
-                    lsh_weights: tuple[float, float], check_answers: bool = True, check_numbers: bool = True,
-                    skip: Iterable[int] = (), reword: RewordRule | None = None,
-                    prompt_sigs: np.ndarray | None = None) -> dict[int, tuple[int, float]]:
-    """index -> (earliest kept index it duplicates, exact Jaccard of their shingles).
+def word_similarity(x: str, y: str) -> float:
+    """Character similarity of two words, the same whichever comes first (difflib's ratio is not)."""
+    a, b = sorted((x, y))
+    return difflib.SequenceMatcher(None, a, b, autojunk=False).ratio()
 
-    A pair is a near-duplicate when it is the same task (`same_task`) and either its shingle
-    Jaccard reaches `threshold`, or its prompts are equal after normalization (the same question
-    with its answer re-worded, "24" / "The answer is 24.", which short records cannot reach by
-    Jaccard), or (with `reword` and `prompt_sigs`, MinHash of `prompt_ngrams`) one prompt is the
-    other `reworded`. LSH (datasketch, bands x rows chosen for the thresholds and the weights)
-    proposes the candidates; each is confirmed exactly, so precision does not rest on the MinHash
-    estimate. Records are visited in input order and the first of a group is kept.
-    """
-    from datasketch import LeanMinHash, MinHashLSH
+
+def similarity(a: str, b: str, spelling: float) -> float:
+    """How near-identical two texts are, symmetric, in [0, 1] (1.0 for two empty texts).
+
+    Their word multisets are compared (order-free: a clause may move). A word left over on one
+    side that is at least `spelling` alike to one left over on the other is the same word with a
+    typo ("tehse"/"these" 0.8; "river"/"silver" 0.73; never a number: it is a value). The rest
+    are edits: a word only one side has (a "please", a greeting) costs itself; a word *replaced*
+    by another costs twice, because it changes what the text says ("Count the vowels in peach" /
+    "... in river"). So the score is a Dice coefficient, 2 x shared / total, less 2 per replaced
+    pair: one replaced word is 0.6 of a 5-word prompt, 0.95 of a 40-word answer."""
+    wa, wb = Counter(words(a)), Counter(words(b))
+    total = sum(wa.values()) + sum(wb.values())
+    if not total:
+        return 1.0
+    common = wa & wb
+    shared = sum(common.values())
+    left_a, left_b = sorted((wa - common).elements()), sorted((wb - common).elements())
+    typos = 0
+    if left_a and left_b and len(left_a) * len(left_b) <= 400:  # a few leftovers: pair the most alike first
+        pairs = sorted(((word_similarity(x, y), i, k) for i, x in enumerate(left_a) for k, y in enumerate(left_b)
+                        if not any(c.isdigit() for c in x + y)), reverse=True)
+        used_a, used_b = set(), set()
+        for score, i, k in pairs:
+            if score < spelling:
+                break
+            if i not in used_a and k not in used_b:
+                used_a.add(i)
+                used_b.add(k)
+        typos = len(used_a)
+    replaced = min(len(left_a), len(left_b)) - typos
+    return max(0.0, 2 * (shared + typos - replaced) / total)
+
+
+def fields(record: dict) -> tuple[str, str]:
+    """(prompt, response) of an instruction record; a text record is all response."""
+    if "text" in record:
+        return "", record["text"]
+    return record.get("prompt", ""), record.get("response", record.get("answer", ""))
+
+
+def record_similarity(a: dict, b: dict, spelling: float) -> tuple[float, float]:
+    (pa, ra), (pb, rb) = fields(a), fields(b)
+    return similarity(pa, pb, spelling), similarity(ra, rb, spelling)
+
+
+def parameters(text: str) -> tuple[Counter, Counter]:
+    """A request's parameters, the values a task is about: (its list items, its other numbers).
+    A list is three or more one-word items separated by commas or semicolons ("Sort 5, 11, 2",
+    "longest: pear, window, kiwi"; not the comma after "In 3 sentences,")."""
+    tokens = WORD_OR_SEPARATOR.findall(normalize(text))
+    items: Counter = Counter()
+    in_list: set[int] = set()
+    k = 0
+    while k < len(tokens):  # a run: word (sep word){2,}
+        end = k
+        while end + 2 < len(tokens) and tokens[end + 1] in ",;" and tokens[end + 2] not in ",;":
+            end += 2
+        if end - k >= 4 and tokens[k] not in ",;":
+            items.update(tokens[k : end + 1 : 2])
+            in_list.update(range(k, end + 1))
+            k = end + 1
+        else:
+            k += 1
+    numbers = Counter(t for k, t in enumerate(tokens) if t.isdigit() and k not in in_list)
+    return items, numbers
+
+
+def parameters_agree(a: dict, b: dict) -> bool:
+    """The prompts ask about the same values: the same list items (one item more or less is
+    another task even when the short answers agree: "largest of 27, 6, 20" / "largest of 27, 20,
+    10, 16, 6", both "27"), and no number swapped for another ("Is 67 odd?" / "Is 71 odd?", both
+    "Yes"). A number only one side has is allowed: a reference dropped from a re-submitted ticket."""
+    (items_a, numbers_a), (items_b, numbers_b) = parameters(fields(a)[0]), parameters(fields(b)[0])
+    return items_a == items_b and not (numbers_a - numbers_b and numbers_b - numbers_a)
+
+
+def is_near_duplicate(a: dict, b: dict, rule: NearDuplicateRule) -> tuple[float, float] | None:
+    """The pair's (prompt, response) similarities when it is a near-duplicate, else None. Pure:
+    what every engine calls for every candidate pair."""
+    if rule.parameters and not parameters_agree(a, b):
+        return None
+    prompt, response = record_similarity(a, b, rule.spelling)
+    return (prompt, response) if prompt >= rule.prompt and response >= rule.response else None
+
+
+SHORT_FIELD = 16  # words: a prompt or answer this short is hashed by its words' characters
+
+
+def record_features(record: dict) -> set[str]:
+    """What the candidate index hashes, per field (prompt, response). A short field: its words and
+    each word's character 3-grams, so that a typo, a moved clause or a greeting keeps most of them.
+    A long field: its word 3-grams, which templated records (a ticket form, a boilerplate opening)
+    share far less than they share words, so that candidates stay few per record."""
+    out = set()
+    for part, text in zip("pr", fields(record), strict=True):
+        tokens = words(text)
+        if len(tokens) > SHORT_FIELD:
+            out.update(f"{part}~{s}" for s in shingles(tokens, 3))
+            continue
+        for word in tokens:
+            out.add(f"{part}:{word}")
+            padded = f"^{word}$"
+            out.update(f"{part}#{padded[i : i + 3]}" for i in range(len(padded) - 2))
+    return out
+
+
+def lsh_index(threshold: float, num_perm: int, lsh_weights: tuple[float, float]):
+    from datasketch import MinHashLSH
+
+    return MinHashLSH(threshold=threshold, num_perm=num_perm, weights=tuple(lsh_weights))
+
+
+def candidate_pairs(sigs: np.ndarray, threshold: float, lsh_weights: tuple[float, float],
+                    skip: Iterable[int] = ()) -> list[tuple[int, int]]:
+    """(i, j), j < i: every pair of records that share an LSH bucket (datasketch's bands x rows
+    for the threshold and weights), in order. Skipped records (already removed) take no part."""
+    from datasketch import LeanMinHash
 
     skip = set(skip)
-    lsh = MinHashLSH(threshold=threshold, num_perm=sigs.shape[1], weights=tuple(lsh_weights))
-    use_prompts = reword is not None and prompt_sigs is not None
-    prompt_lsh = MinHashLSH(threshold=reword.candidates, num_perm=prompt_sigs.shape[1],
-                            weights=tuple(lsh_weights)) if use_prompts else None
-    by_prompt: dict[str, list[int]] = defaultdict(list)
-    out: dict[int, tuple[int, float]] = {}
-    for i, shingle_set in enumerate(shingle_sets):
+    lsh = lsh_index(threshold, sigs.shape[1], lsh_weights)
+    pairs = []
+    for i in range(len(sigs)):
         if i in skip:
             continue
         sketch = LeanMinHash(seed=1, hashvalues=sigs[i], scheme="affine32")
-        prompt = normalize(records[i]["prompt"]) if "prompt" in records[i] else None
-        same_prompt = set(by_prompt.get(prompt, ())) if prompt is not None else set()
-        short = prompt is not None and use_prompts and len(prompt.split()) <= reword.max_words
-        prompt_sketch = LeanMinHash(seed=1, hashvalues=prompt_sigs[i], scheme="affine32") if short else None
-        near_prompt = set(prompt_lsh.query(prompt_sketch)) if prompt_sketch is not None else set()
-        matches = sorted((j, jaccard(shingle_set, shingle_sets[j])) for j in {*lsh.query(sketch), *same_prompt,
-                                                                             *near_prompt})
-        matches = [(j, score) for j, score in matches  # the cheap checks first
-                   if same_task(records[i], records[j], check_answers, check_numbers)
-                   and (score >= threshold or j in same_prompt
-                        or (j in near_prompt and reworded(records[i]["prompt"], records[j]["prompt"],
-                                                          reword.spelling, reword.max_changed)))]
-        if matches:
-            out[i] = matches[0]
-        else:
-            lsh.insert(i, sketch)
-            if prompt is not None:
-                by_prompt[prompt].append(i)
-            if prompt_sketch is not None:
-                prompt_lsh.insert(i, prompt_sketch)
-    return out
+        pairs += [(i, j) for j in sorted(lsh.query(sketch))]
+        lsh.insert(i, sketch)
+    return pairs
+
+
+def keep_first(n: int, confirmed: dict[tuple[int, int], tuple[float, float]],
+               skip: Iterable[int] = ()) -> dict[int, tuple[int, tuple[float, float]]]:
+    """index -> (the earliest kept record it duplicates, their similarities). In input order, a
+    record is removed when a confirmed pair links it to an earlier record that was kept; so a chain
+    a ~ b ~ c with a !~ c keeps a and c. The one sequential step: everything before it is per pair."""
+    by_record: dict[int, list[int]] = defaultdict(list)
+    for i, j in confirmed:
+        by_record[i].append(j)
+    removed: dict[int, tuple[int, tuple[float, float]]] = {}
+    gone = set(skip)
+    for i in range(n):
+        if i in gone:
+            continue
+        kept = [j for j in sorted(by_record.get(i, ())) if j not in gone]
+        if kept:
+            removed[i] = (kept[0], confirmed[(i, kept[0])])
+            gone.add(i)
+    return removed
+
+
+def near_duplicates(records: Sequence[dict], sigs: np.ndarray, rule: NearDuplicateRule,
+                    lsh_weights: tuple[float, float], skip: Iterable[int] = ()) -> dict[int, tuple[int, tuple]]:
+    """index -> (earliest kept index it duplicates, (prompt, response) similarity), on one machine:
+    LSH candidates (datasketch), each confirmed by `is_near_duplicate`, then `keep_first`. The
+    Spark engine (stages/common/spark_dedup.py) makes the same three steps on a cluster."""
+    confirmed = {}
+    for i, j in candidate_pairs(sigs, rule.candidates, lsh_weights, skip):
+        score = is_near_duplicate(records[i], records[j], rule)
+        if score is not None:
+            confirmed[(i, j)] = score
+    return keep_first(len(records), confirmed, skip)
 
 
 # ------------------------------------------------------------------------------ scoring
@@ -244,3 +314,30 @@ def score_against_truth(removed: Sequence[dict], planted: Sequence[dict]) -> dic
                      "recall": round(len(right & truth) / len(truth), 4) if truth else 1.0,
                      "precision": round(len(right) / len(found), 4) if found else 1.0}
     return out
+
+
+def score_families(removed: Sequence[dict], truth: Sequence[dict]) -> dict[str, dict]:
+    """Per split (tune / heldout) and per family: near-duplicate recall (labelled copies removed,
+    matched to their own group) and precision (of the removals of that family's records, the share
+    that are labelled copies matched to their own group; a removed `distinct` or original record is
+    a false positive)."""
+    label = {t["id"]: t for t in truth}
+    out: dict[str, dict] = {}
+    for split in sorted({t["split"] for t in truth}, key=lambda s: s != "tune"):
+        families: dict[str, dict] = {}
+        totals = Counter()
+        for family in dict.fromkeys(t["family"] for t in truth if t["split"] == split):
+            planted = {t["id"] for t in truth if t["family"] == family and t["kind"] == "near_duplicate"}
+            found = [r for r in removed if r["reason"] == "near_duplicate" and label[r["id"]]["family"] == family]
+            right = [r for r in found if r["id"] in planted and label[r["matched"]]["of"] == label[r["id"]]["of"]]
+            counts = Counter(planted=len(planted), removed=len(found), right=len(right))
+            totals.update(counts)
+            families[family] = score(counts)
+        out[split] = {"near_duplicate": score(totals), "families": families}
+    return out
+
+
+def score(counts: Counter) -> dict:
+    return {"planted": counts["planted"], "removed": counts["removed"], "true_positives": counts["right"],
+            "recall": round(counts["right"] / counts["planted"], 4) if counts["planted"] else 1.0,
+            "precision": round(counts["right"] / counts["removed"], 4) if counts["removed"] else 1.0}
