@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from omegaconf import DictConfig
 
@@ -34,11 +35,15 @@ from stages.common.decontamination import build_eval_index, find_leak
 from stages.common.errors import PipelineError
 from stages.common.records import read_jsonl, record_kind, write_jsonl
 from stages.common.runtime import get_logger, stage_main
+
+if TYPE_CHECKING:
+    from stages.common.spark_dedup import SparkDedup
 from stages.common.textdedup import (
     NearDuplicateRule,
+    confirmed_pairs,
     exact_duplicates,
     fields,
-    near_duplicates,
+    keep_first,
     record_features,
     record_text,
     score_against_truth,
@@ -61,30 +66,38 @@ def rule(p: DictConfig) -> NearDuplicateRule:
                              p.candidates)
 
 
-def find_duplicates(records: list[dict], p: DictConfig, removed: dict[int, dict]) -> float:
+def find_duplicates(records: list[dict], p: DictConfig, removed: dict[int, dict],
+                    spark: SparkDedup | None = None) -> float:
     """Exact, then near duplicates among `records`, added to `removed` (index -> reason and
-    matched id) for records not already in it. Returns the signature step's seconds."""
-    for i, j in exact_duplicates([record_text(r) for r in records]).items():
+    matched id) for records not already in it, on one machine or on Spark (`spark`): the same
+    pure functions either way, then the same keep-the-first pass. Returns the signature step's
+    seconds."""
+    exact = spark.exact_duplicates(records) if spark else exact_duplicates([record_text(r) for r in records])
+    for i, j in sorted(exact.items()):
         if i not in removed:
             removed[i] = {"reason": "exact_duplicate", "matched": records[j]["id"]}
-    start = time.perf_counter()
-    sigs = signatures([record_features(r) for r in records], p.num_perm, p.workers, p.shard_size)
-    seconds = time.perf_counter() - start
-    for i, (j, (prompt, response)) in near_duplicates(records, sigs, rule(p), tuple(p.lsh_weights),
-                                                      skip=removed).items():
+    if spark:
+        confirmed = spark.near_duplicate_pairs(records, rule(p), p.num_perm, tuple(p.lsh_weights), skip=removed)
+        seconds = spark.signature_seconds
+    else:
+        start = time.perf_counter()
+        sigs = signatures([record_features(r) for r in records], p.num_perm, p.workers, p.shard_size)
+        seconds = time.perf_counter() - start
+        confirmed = confirmed_pairs(records, sigs, rule(p), tuple(p.lsh_weights), skip=removed)
+    for i, (j, (prompt, response)) in keep_first(len(records), confirmed, removed).items():
         removed[i] = {"reason": "near_duplicate", "matched": records[j]["id"],
                       "similarity": {"prompt": round(prompt, 4), "response": round(response, 4)}}
     return seconds
 
 
-def benchmark(p: DictConfig) -> dict[str, dict]:
+def benchmark(p: DictConfig, spark: SparkDedup | None = None) -> dict[str, dict]:
     """The params' precision and recall on the labelled sets: per split (tune, heldout) and family
     of the task families, and per planted kind of the external set."""
     out = {}
     for name, labelled in p.benchmark.items():
         records = read_jsonl(labelled.records, "instruction")
         removed: dict[int, dict] = {}
-        find_duplicates(records, p, removed)
+        find_duplicates(records, p, removed, spark)
         rows = [{"id": records[i]["id"], **removed[i]} for i in sorted(removed)]
         truth = read_jsonl(labelled.truth, "ground_truth")
         if name == "families":
@@ -157,23 +170,38 @@ def report(metrics: dict, pairs: list[tuple[dict, dict, dict]]) -> str:
 
 def run(cfg: DictConfig) -> None:
     p = cfg.dedup
+    if p.engine == "spark":
+        from stages.common.spark_dedup import SparkDedup, spark_context
+
+        with spark_context(p.spark.master, p.spark.partitions) as sc:
+            clean_training_set(cfg, SparkDedup(sc, p.spark.partitions))
+    else:
+        clean_training_set(cfg, None)
+
+
+def find_leaks(train: list[dict], index, overlap: float, spark: SparkDedup | None) -> dict[int, tuple[str, str]]:
+    if spark:
+        return spark.leaks(train, index, overlap)
+    found = ((i, find_leak(record_text(r), index, overlap)) for i, r in enumerate(train))
+    return {i: leak for i, leak in found if leak}
+
+
+def clean_training_set(cfg: DictConfig, spark: SparkDedup | None) -> None:
+    """The stage's work on either engine: leaks, exact and near duplicates, the guard, the outputs."""
+    p = cfg.dedup
     train = read_jsonl(cfg.data.train, "instruction")
     eval_sets = load_eval_sets(cfg.data.eval)
-    texts = [record_text(r) for r in train]
     removed: dict[int, dict] = {}
 
     index = build_eval_index(((f"{name}/{r['id']}", record_text(r)) for name, rows in eval_sets.items()
                               for r in rows), p.decontamination.long_n, p.decontamination.short_n)
     leaks_per_set = dict.fromkeys(eval_sets, 0)
-    for i, text in enumerate(texts):
-        leak = find_leak(text, index, p.decontamination.short_overlap)
-        if leak:
-            eval_key, how = leak
-            set_name, eval_id = eval_key.split("/", 1)
-            leaks_per_set[set_name] += 1
-            removed[i] = {"reason": "eval_leak", "matched": eval_id, "eval_set": set_name, "match": how}
+    for i, (eval_key, how) in sorted(find_leaks(train, index, p.decontamination.short_overlap, spark).items()):
+        set_name, eval_id = eval_key.split("/", 1)
+        leaks_per_set[set_name] += 1
+        removed[i] = {"reason": "eval_leak", "matched": eval_id, "eval_set": set_name, "match": how}
 
-    sig_seconds = find_duplicates(train, p, removed)
+    sig_seconds = find_duplicates(train, p, removed, spark)
 
     guard(cfg, train, removed)
     clean = [r for i, r in enumerate(train) if i not in removed]
@@ -186,12 +214,13 @@ def run(cfg: DictConfig) -> None:
         "removed": {reason: sum(r["reason"] == reason for r in removed_rows)
                     for reason in ("exact_duplicate", "near_duplicate", "eval_leak")},
         "leaks_per_eval_set": leaks_per_set,
-        "signatures_per_s": round(len(texts) / max(sig_seconds, 1e-9)),
+        "engine": p.engine,
+        "signatures_per_s": round(len(train) / max(sig_seconds, 1e-9)),
     }
     if cfg.data.ground_truth and Path(cfg.data.ground_truth).is_file():
         planted = read_jsonl(cfg.data.ground_truth, "ground_truth")
         metrics["ground_truth"] = score_against_truth(removed_rows, planted)
-    metrics["benchmark"] = benchmark(p)
+    metrics["benchmark"] = benchmark(p, spark)
 
     write_jsonl(layout.CLEAN_TRAIN, clean)
     write_jsonl(layout.REMOVED, removed_rows)

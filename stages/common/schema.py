@@ -106,7 +106,14 @@ class Decontamination(Section):
     short_overlap: Threshold
 
 
+class Spark(Section):
+    master: Annotated[str, Field(min_length=1)]
+    partitions: Count
+
+
 class Dedup(Section):
+    engine: Literal["local", "spark"]
+    spark: Spark
     similarity: Similarity
     parameters: bool
     candidates: Threshold

@@ -273,17 +273,23 @@ def keep_first(n: int, confirmed: dict[tuple[int, int], tuple[float, float]],
     return removed
 
 
-def near_duplicates(records: Sequence[dict], sigs: np.ndarray, rule: NearDuplicateRule,
-                    lsh_weights: tuple[float, float], skip: Iterable[int] = ()) -> dict[int, tuple[int, tuple]]:
-    """index -> (earliest kept index it duplicates, (prompt, response) similarity), on one machine:
-    LSH candidates (datasketch), each confirmed by `is_near_duplicate`, then `keep_first`. The
-    Spark engine (stages/common/spark_dedup.py) makes the same three steps on a cluster."""
+def confirmed_pairs(records: Sequence[dict], sigs: np.ndarray, rule: NearDuplicateRule,
+                    lsh_weights: tuple[float, float], skip: Iterable[int] = ()) -> dict[tuple[int, int], tuple]:
+    """(i, j) -> (prompt, response) similarity of every LSH candidate pair the rule confirms."""
     confirmed = {}
     for i, j in candidate_pairs(sigs, rule.candidates, lsh_weights, skip):
         score = is_near_duplicate(records[i], records[j], rule)
         if score is not None:
             confirmed[(i, j)] = score
-    return keep_first(len(records), confirmed, skip)
+    return confirmed
+
+
+def near_duplicates(records: Sequence[dict], sigs: np.ndarray, rule: NearDuplicateRule,
+                    lsh_weights: tuple[float, float], skip: Iterable[int] = ()) -> dict[int, tuple[int, tuple]]:
+    """index -> (earliest kept index it duplicates, (prompt, response) similarity), on one machine:
+    LSH candidates (datasketch), each confirmed by `is_near_duplicate`, then `keep_first`. The
+    Spark engine (stages/common/spark_dedup.py) makes the same three steps on a cluster."""
+    return keep_first(len(records), confirmed_pairs(records, sigs, rule, lsh_weights, skip), skip)
 
 
 # ------------------------------------------------------------------------------ scoring
