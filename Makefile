@@ -16,8 +16,9 @@ BETA ?= 0,0.2
 ALGOS ?= rtn,awq
 JOBS ?= 1
 SEEDS ?= 1234,1,2,3,4
+DEDUP_RECORDS ?= 200000
 
-.PHONY: help setup setup-gpu params repro test test-fast lint bench bench-real gguf-rung review sweep sweep-int4 sweep-report verify-seeds clean
+.PHONY: help setup setup-gpu params repro test test-fast lint bench bench-dedup bench-real gguf-rung review sweep sweep-int4 sweep-report verify-seeds clean
 
 help: ## this list
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  make %-12s %s\n", $$1, $$2}'
@@ -58,6 +59,9 @@ bench: $(STAMP) ## benchmarks: dedup signatures/s vs a naive loop; decode tok/s 
 	$(BIN)/python -m benchmarks.dedup_signatures
 	$(BIN)/dvc repro --quiet quant_int4 quant_int8
 	$(BIN)/python -m benchmarks.decode_speed
+
+bench-dedup: $(STAMP) ## dedup's local and Spark engines side by side on a generated corpus (DEDUP_RECORDS=200000)
+	$(BIN)/python -m benchmarks.dedup_engines --records $(DEDUP_RECORDS)
 
 BENCH_STAMP := $(VENV)/.bench-installed
 $(BENCH_STAMP): $(STAMP) requirements-bench.txt

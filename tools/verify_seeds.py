@@ -61,20 +61,22 @@ def run_seed(seed: int, overrides: list[str], clean: Path | None) -> tuple[Path,
     cfg = compose([*overrides, f"seed={seed}"])
     stamp = workspace / "base.params.json"
     reuse = stamp.is_file() and stamp.read_text() == fingerprint(cfg, BASE_KEYS) and \
-        (workspace / layout.EVAL_ITEMS_DIR / "torch_base.json").is_file()
+        (workspace / layout.BASE_DIR).is_dir()
     if not reuse:
         shutil.rmtree(workspace, ignore_errors=True)
-        for part in ("raw", "eval", "bench"):
-            shutil.copytree(REPO_ROOT / "data" / part, workspace / "data" / part)
+    for part in ("raw", "eval", "bench"):  # the committed data, fresh each run
+        shutil.rmtree(workspace / "data" / part, ignore_errors=True)
+        shutil.copytree(REPO_ROOT / "data" / part, workspace / "data" / part)
     write_params([*overrides, f"seed={seed}"], workspace / "params.yaml")
     seconds = {}
     steps = [("train", ["stages.train"]), ("evaluate@torch_lora", ["stages.evaluate", RUNG])]
+    if not (reuse and (workspace / layout.EVAL_ITEMS_DIR / "torch_base.json").is_file()):
+        steps.insert(1, ("evaluate@torch_base", ["stages.evaluate", "torch_base"]))
     if not reuse:
-        steps[:0] = [("base", ["stages.base"])]
-        steps[2:2] = [("evaluate@torch_base", ["stages.evaluate", "torch_base"])]
+        steps.insert(0, ("base", ["stages.base"]))
     if clean is None:
         shutil.rmtree(workspace / "data" / "clean", ignore_errors=True)
-        steps.insert(0 if reuse else 1, ("dedup", ["stages.dedup"]))
+        steps.insert(0, ("dedup", ["stages.dedup"]))
     elif clean != workspace / "data" / "clean":
         shutil.rmtree(workspace / "data" / "clean", ignore_errors=True)
         shutil.copytree(clean, workspace / "data" / "clean")
@@ -83,7 +85,7 @@ def run_seed(seed: int, overrides: list[str], clean: Path | None) -> tuple[Path,
         stage(workspace, *args)
         seconds[name] = round(time.perf_counter() - start, 1)
         print(f"  seed {seed}: {name} {seconds[name]:.0f} s", flush=True)
-        if name == "evaluate@torch_base":
+        if name == "base":
             stamp.write_text(fingerprint(cfg, BASE_KEYS))
     if reuse:
         print(f"  seed {seed}: base and its evaluation kept (their params are unchanged)", flush=True)
