@@ -48,6 +48,7 @@ def stage(workspace: Path, *args: str) -> None:
 # What the base and its evaluation read: when these are unchanged since the seed's last run, its
 # base is kept (a recipe change in train re-runs train and the LoRA rung only).
 BASE_KEYS = ("seed", "numerics", "base", "model", "data", "evaluate")
+LORA_KEYS = (*BASE_KEYS, "dedup", "train")  # ... and the LoRA rung, when the recipe is unchanged too
 
 
 def fingerprint(cfg, keys: tuple[str, ...]) -> str:
@@ -69,7 +70,10 @@ def run_seed(seed: int, overrides: list[str], clean: Path | None) -> tuple[Path,
         shutil.copytree(REPO_ROOT / "data" / part, workspace / "data" / part)
     write_params([*overrides, f"seed={seed}"], workspace / "params.yaml")
     seconds = {}
-    steps = [("train", ["stages.train"]), ("evaluate@torch_lora", ["stages.evaluate", RUNG])]
+    lora_stamp = workspace / "lora.params.json"
+    lora_kept = reuse and lora_stamp.is_file() and lora_stamp.read_text() == fingerprint(cfg, LORA_KEYS) and \
+        (workspace / layout.EVAL_ITEMS_DIR / f"{RUNG}.json").is_file()
+    steps = [] if lora_kept else [("train", ["stages.train"]), ("evaluate@torch_lora", ["stages.evaluate", RUNG])]
     if not (reuse and (workspace / layout.EVAL_ITEMS_DIR / "torch_base.json").is_file()):
         steps.insert(1, ("evaluate@torch_base", ["stages.evaluate", "torch_base"]))
     if not reuse:
@@ -87,8 +91,11 @@ def run_seed(seed: int, overrides: list[str], clean: Path | None) -> tuple[Path,
         print(f"  seed {seed}: {name} {seconds[name]:.0f} s", flush=True)
         if name == "base":
             stamp.write_text(fingerprint(cfg, BASE_KEYS))
+        if name == f"evaluate@{RUNG}":
+            lora_stamp.write_text(fingerprint(cfg, LORA_KEYS))
     if reuse:
-        print(f"  seed {seed}: base and its evaluation kept (their params are unchanged)", flush=True)
+        kept = "base, LoRA and their evaluations" if lora_kept else "base and its evaluation"
+        print(f"  seed {seed}: {kept} kept (their params are unchanged)", flush=True)
     return workspace, seconds
 
 
