@@ -132,7 +132,7 @@ def test_every_constrained_key_refuses_a_bad_value_and_takes_a_good_one(key, rul
     (["gates.strict=yes"], "gates.strict='yes'"),
     (["+gates.onnx_int8.max_acc_dorp=0.1"], "gates.onnx_int8.max_acc_dorp=0.1: not a parameter"),
     (["+gates.onnx_int2.max_kl=0.1"], "gates.onnx_int2: not a rung with a reference"),
-    (["train.general_mix=0.5", "train.replay_mix=0.5"], "train: general_mix + replay_mix + safety_mix = 1.05"),
+    (["train.general_mix=0.5", "train.replay_mix=0.5"], "train: general_mix + replay_mix + safety_mix = 1.1"),
     (["quant_int4.keep_8bit=['lm_(']"], "quant_int4.keep_8bit.0='lm_(': not a regular expression"),
     (["dedup.lsh_weights=[0.5,0.6]"], "weights must sum to 1"),
     (["model.arch.num_key_value_heads=3"], "each must divide the one before"),
