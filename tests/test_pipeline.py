@@ -147,7 +147,7 @@ def test_a_failing_verdict_is_recorded_and_make_repro_fails(repo):
     """A FAIL is a result: `dvc repro` keeps gates.json and gates.md with the failing rows, and
     `make repro` (dvc repro, then the enforcing step) still exits non-zero."""
     venv = Path(sys.executable).parent.parent  # the installed .venv: make must not build another
-    env = {**os.environ, "PROGRESS": "0"}
+    env = {**os.environ, "PROGRESS": "0", "COLUMNS": "300"}
     failing = " ".join([*SHRUNK_OVERRIDES, "gates.strict=true", "gates.onnx_int4.max_kl=0"])
     done = subprocess.run(["make", "repro", f"VENV={venv}", f"OVERRIDES={failing}"], cwd=repo, env=env,
                           capture_output=True, text=True)
@@ -163,8 +163,8 @@ def test_a_failing_verdict_is_recorded_and_make_repro_fails(repo):
 
 def test_a_sweep_with_a_bad_value_in_its_grid_queues_nothing(repo):
     venv = Path(sys.executable).parent.parent
-    done = subprocess.run(["make", "sweep", f"VENV={venv}", "R=4,0", "BETA=0.3"], cwd=repo,
-                          env={**os.environ, "PROGRESS": "0"}, capture_output=True, text=True)
+    done = subprocess.run(["make", "sweep", f"VENV={venv}", "R=4,0", "BETA=0.3"], cwd=repo,  # wide: one line each
+                          env={**os.environ, "PROGRESS": "0", "COLUMNS": "300"}, capture_output=True, text=True)
     assert done.returncode != 0
     assert "train.lora.r=0" in done.stdout + done.stderr and "nothing queued" in done.stdout + done.stderr
     assert "Queued" not in sh(repo, "dvc", "queue", "status")
