@@ -108,16 +108,7 @@ def test_users_own_jsonl_files_are_cleaned_against_their_eval_sets(workspace):
              for i in range(30)]
     train += [{"id": "copy", "prompt": leak, "response": "ok"}, {"id": "dup", "prompt": train[0]["prompt"].upper(),
                                                                   "response": train[0]["response"]}]
-    files = {"raw/train.jsonl": train, "raw/general.jsonl": [{"id": "g", "prompt": "p", "response": "r"}],
-             "eval/val.jsonl": [{"id": "v", "prompt": "a validation question here", "answer": "x"}],
-             "eval/test.jsonl": [{"id": "q", "prompt": leak, "answer": "y"}],
-             "eval/general_test.jsonl": [{"id": "gt", "prompt": "general question", "answer": "z"}],
-             "eval/general_text.jsonl": [{"id": "gx", "text": "some held out general text for perplexity"}]}
-    for name, rows in files.items():
-        path = tmp_path / "mine" / name
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    metrics = run_dedup(["data=jsonl", "data.raw_dir=mine/raw", "data.eval_dir=mine/eval"])
+    metrics = run_users_data(tmp_path, train, test_prompt=leak)
     assert metrics["records_in"] == 32 and metrics["records_out"] == 30
     assert metrics["leaks_per_eval_set"]["domain_test"] == 1 and metrics["removed"]["exact_duplicate"] == 1
     assert "ground_truth" not in metrics
@@ -207,18 +198,25 @@ def test_mostly_near_miss_tasks_fail_the_guard_and_nothing_is_written(workspace)
     assert "raise dedup.similarity.prompt or .response" in message
 
 
-def dedup_records(workspace, records: list[dict], overrides: list[str] = ()) -> list[dict]:
-    """Run the stage on `records` as the user's own data (data=jsonl); the removed rows."""
-    files = {"raw/train.jsonl": records, "raw/general.jsonl": [{"id": "g", "prompt": "p", "response": "r"}],
+def run_users_data(workspace, train: list[dict], overrides: list[str] = (),
+                   test_prompt: str = "an unrelated test question") -> dict:
+    """Run the stage on `train` as the user's own data (data=jsonl), beside small eval sets whose
+    test set holds `test_prompt`; the stage's metrics."""
+    files = {"raw/train.jsonl": train, "raw/general.jsonl": [{"id": "g", "prompt": "p", "response": "r"}],
              "eval/val.jsonl": [{"id": "v", "prompt": "an unrelated validation question", "answer": "x"}],
-             "eval/test.jsonl": [{"id": "q", "prompt": "an unrelated test question", "answer": "y"}],
+             "eval/test.jsonl": [{"id": "q", "prompt": test_prompt, "answer": "y"}],
              "eval/general_test.jsonl": [{"id": "gt", "prompt": "general question", "answer": "z"}],
              "eval/general_text.jsonl": [{"id": "gx", "text": "some held out general text for perplexity"}]}
     for name, rows in files.items():
         path = workspace / "mine" / name
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    run_dedup(["data=jsonl", "data.raw_dir=mine/raw", "data.eval_dir=mine/eval", *overrides])
+    return run_dedup(["data=jsonl", "data.raw_dir=mine/raw", "data.eval_dir=mine/eval", *overrides])
+
+
+def dedup_records(workspace, records: list[dict], overrides: list[str] = ()) -> list[dict]:
+    """The removed rows of the stage run on `records` as the user's own data."""
+    run_users_data(workspace, records, overrides)
     return [json.loads(line) for line in layout.REMOVED.read_text().splitlines()]
 
 
