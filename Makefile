@@ -23,7 +23,7 @@ DEDUP_RECORDS ?= 200000
 help: ## this list
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  make %-12s %s\n", $$1, $$2}'
 
-$(STAMP): requirements.lock
+$(STAMP): requirements.lock requirements-real.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	# torch first and alone, so no later requirement picks another build. Where no CPU wheel of
@@ -31,6 +31,7 @@ $(STAMP): requirements.lock
 	# PyTorch's CPU index first if you want the CPU one.
 	$(BIN)/python -m pip install -q torch==2.13.0
 	$(BIN)/python -m pip install -q -r requirements.lock
+	$(BIN)/python -m pip install -q --no-deps -r requirements-real.txt
 	touch $@
 
 setup: $(STAMP) ## create .venv and install the pinned dependencies (idempotent)

@@ -3,6 +3,8 @@
 - model.build=true (the embedded tiny profile): train a byte-level BPE tokenizer and pre-train a
   tiny Phi3ForCausalLM on the general corpus and the general task, on CPU, seeded; save it under
   models/base/ with save_pretrained (safetensors).
+- model.gguf (smollm2): convert the Llama GGUF an installed package ships (or a path) into a Phi3
+  checkpoint under models/base (stages/common/gguf_checkpoint.py), recording the GGUF's sha256.
 - model.build=false (phi4_mini, phi4): validate the local checkpoint at model.path and record its
   fingerprint in models/base/base.json, so that a changed checkpoint re-runs what follows.
   Nothing is copied and nothing is downloaded.
@@ -35,6 +37,8 @@ def run(cfg: DictConfig) -> None:
             raise PipelineError(f"model.path={cfg.model.path}: a built base (model.build=true) is always written to "
                                 f"{layout.BASE_DIR}; model.path names a local checkpoint (model.build=false)")
         metrics = build_tiny_base(cfg, layout.BASE_DIR)
+    elif cfg.model.gguf:
+        metrics = convert_gguf(cfg, str(cfg.model.gguf))
     else:
         metrics = record_local_checkpoint(Path(str(required(cfg, "model.path"))))
     write_json(layout.BASE_METRICS, metrics)
@@ -48,6 +52,21 @@ def record_local_checkpoint(path: Path) -> dict:
         write_json(tmp / "base.json", info)
     log.info("local checkpoint %s: %d files fingerprinted", path, len(info["fingerprint"]))
     return {"files": len(info["fingerprint"]), "built": False}
+
+
+def convert_gguf(cfg: DictConfig, spec: str) -> dict:
+    from stages.common.checkpoint import load_causal_lm, load_tokenizer
+    from stages.common.gguf_checkpoint import convert, resolve_gguf
+
+    start = time.perf_counter()
+    info = convert(resolve_gguf(spec), layout.BASE_DIR)
+    tokenizer = load_tokenizer(layout.BASE_DIR)
+    heldout = [r["text"] for r in read_jsonl(cfg.data.eval.general_heldout, "text")][: cfg.evaluate.heldout_documents]
+    ppl = torch_perplexity(load_causal_lm(layout.BASE_DIR), text_windows(tokenizer, heldout, cfg.evaluate.ppl_window))
+    log.info("%s -> %s: %.1fM parameters, %d layers, held-out general perplexity %.1f",
+             spec, layout.BASE_DIR, info["parameters"] / 1e6, info["layers"], ppl)
+    return {"built": False, **info, "heldout_general_ppl": round(ppl, 3),
+            "seconds": round(time.perf_counter() - start, 1)}
 
 
 def pretraining_texts(cfg: DictConfig) -> tuple[list[str], list[tuple[str, str]]]:

@@ -216,7 +216,7 @@ def evaluation_data(cfg: DictConfig, tokenizer) -> dict:
     general = read_jsonl(cfg.data.eval.general_test, "task")[:limit]
     redteam = read_jsonl(cfg.data.eval.safety_redteam, "task")[:limit]
     benign = read_jsonl(cfg.data.eval.safety_benign, "task")[:limit]
-    heldout = read_jsonl(cfg.data.eval.general_heldout, "text")
+    heldout = read_jsonl(cfg.data.eval.general_heldout, "text")[: cfg.evaluate.heldout_documents]
     # Domain perplexity scores each answer given its prompt (what the adapter is for, see
     # `answers`); general perplexity scores every token of held-out plain text.
     return {"domain": domain, "general": general, "redteam": redteam, "benign": benign,

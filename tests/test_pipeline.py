@@ -72,7 +72,7 @@ def ran(repo: Path) -> set[str]:
 def test_each_param_reruns_its_stage_and_what_follows(repo):
     """`dvc status` marks only the stage whose param changed (nothing before it); `dvc repro`
     then runs it and what depends on its outputs. Overrides accumulate, one change at a time."""
-    overrides = ["quant_int4.block_size=16"]
+    overrides = ["quant_int4.block_size=32"]  # the default is 16
     assert stale(repo, *overrides) == {"quant_int4"}
     assert ran(repo) == {"quant_int4", "evaluate@onnx_int4", "evaluate@onnx_adapter_int4", "harness", "gates"}
 

@@ -87,9 +87,12 @@ def load_causal_lm(path: str | Path, dtype: str = "float32", device: str = "cpu"
 
 
 def base_checkpoint(cfg) -> Path:
-    """The base model's folder: models/base when the base stage builds it (model.build=true, the
-    tiny profile), else the local checkpoint at model.path, which the base stage only fingerprints."""
+    """The base model's folder: models/base when the base stage writes it (model.build=true, the
+    tiny profile; model.gguf, a converted GGUF), else the local checkpoint at model.path, which the
+    base stage only fingerprints."""
     from stages.common import layout
     from stages.common.params import required
 
-    return layout.BASE_DIR if cfg.model.build else Path(str(required(cfg, "model.path")))
+    if cfg.model.build or cfg.model.gguf:
+        return layout.BASE_DIR
+    return Path(str(required(cfg, "model.path")))

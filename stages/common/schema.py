@@ -240,6 +240,7 @@ class Evaluate(Section):
     max_new_tokens: Count
     ppl_window: Annotated[int, Field(ge=2)]
     max_task_examples: Count | None
+    heldout_documents: Count | None
     speed: Speed
     cost: Cost
     refusal: Refusal
@@ -326,6 +327,7 @@ class Arch(Section):
 class Model(Section):
     name: str
     path: str | None
+    gguf: str | None             # package:file.gguf or a path: a Llama GGUF the base stage converts
     build: bool
     device: str
     dtype: Literal["float32", "bfloat16", "float16"]
@@ -339,7 +341,9 @@ class Model(Section):
         if self.build and (self.path is not None or self.arch is None):
             raise ValueError("build=true builds the tiny base from model.arch into models/base: path must be null "
                              "and arch set")
-        if not self.build and self.path is None:
+        if self.gguf is not None and (self.build or self.path is not None):
+            raise ValueError("gguf: the base stage converts it into models/base: build must be false and path null")
+        if not self.build and self.path is None and self.gguf is None:
             raise ValueError("path: required for a local checkpoint (build=false); set it with `make params "
                              "OVERRIDES='model=... model.path=/models/...'` or `dvc exp run -S model.path=...`")
         allowed = EXPORT_TARGETS[self.execution_provider]
