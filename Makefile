@@ -17,8 +17,9 @@ ALGOS ?= rtn,awq
 JOBS ?= 1
 SEEDS ?= 1234,1,2,3,4
 DEDUP_RECORDS ?= 200000
+REAL ?= smollm2
 
-.PHONY: help setup setup-gpu params repro test test-fast lint bench bench-dedup bench-real gguf-rung review sweep sweep-int4 sweep-report verify-seeds clean
+.PHONY: help setup setup-gpu params repro test test-fast lint bench bench-dedup bench-real gguf-rung real review sweep sweep-int4 sweep-report verify-seeds clean
 
 help: ## this list
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  make %-12s %s\n", $$1, $$2}'
@@ -75,6 +76,12 @@ bench-real: $(BENCH_STAMP) ## decode at Phi-4-mini width (bandwidth-bound): ever
 
 gguf-rung: $(BENCH_STAMP) ## after make repro: the merged model as llama.cpp Q4_K_M, scored by evaluate beside INT4
 	$(BIN)/python -m tools.gguf_rung $(GGUF_ARGS)
+
+real: $(STAMP) ## the ladder on real weights (SmolLM2-135M-Instruct) in pipelines/$(REAL)/: every stage, verdicts recorded
+	$(BIN)/python -m tools.pipeline_folder $(REAL)
+	$(BIN)/python -m stages.common.params --output pipelines/$(REAL)/params.yaml pipeline=$(REAL) $(OVERRIDES)
+	cd pipelines/$(REAL) && $(CURDIR)/$(BIN)/dvc repro
+	@cat pipelines/$(REAL)/reports/gates.md
 
 review: $(STAMP) ## for a pull request: gated metrics vs $(REV) paired per item with intervals, the gates, all metrics
 	@$(BIN)/python -m tools.review --rev $(REV)

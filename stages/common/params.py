@@ -149,20 +149,22 @@ def check_grid(sweep: Sequence[str], conf_dir: Path = CONF_DIR) -> int:
 
 
 def main() -> None:
-    """`python -m stages.common.params [overrides]`: write params.yaml from conf/.
+    """`python -m stages.common.params [--output FILE] [overrides]`: write params.yaml from conf/.
     `python -m stages.common.params --check-grid 'train.lora.r=4,8' ...`: check a sweep's points."""
     from stages.common.runtime import get_logger
 
-    args = sys.argv[1:]
+    args, output = sys.argv[1:], PARAMS_FILE
+    if args[:1] == ["--output"] and len(args) > 1:  # a pipeline folder's params.yaml (make real)
+        output, args = Path(args[1]), args[2:]
     try:
         if args[:1] == ["--check-grid"]:
             print(f"sweep: {check_grid(args[1:])} points, every one valid")
             return
-        write_params(args)
+        write_params(args, output)
     except PipelineError as e:
         get_logger(__name__).error("%s", e)
         sys.exit(2)
-    print(f"wrote {PARAMS_FILE} from conf/ {' '.join(args)}".rstrip())
+    print(f"wrote {output} from conf/ {' '.join(args)}".rstrip())
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ import sys
 import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import TypeVar
 
 from omegaconf import DictConfig
@@ -68,6 +69,17 @@ def pin_numerics(numerics: DictConfig | None) -> None:
         value = numerics.get(key)
         if value is not None:
             os.environ[var] = str(value)
+
+
+def cpu_description() -> str:
+    """The CPU model, core count and the vector-ISA flags that change kernels (and speed figures)."""
+    import platform
+
+    info = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").is_file() else ""
+    field = lambda key: next((ln.split(":", 1)[1].strip() for ln in info.splitlines() if ln.startswith(key)), "")  # noqa: E731
+    wanted = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "avx_vnni", "amx_tile", "amx_int8", "neon")
+    flags = [f for f in wanted if f in field("flags").split()]
+    return f"{field('model name') or platform.processor()}, {os.cpu_count()} cores, {' '.join(flags) or 'no AVX2'}"
 
 
 def progress(items: Iterable[T], desc: str, total: int | None = None) -> Iterator[T]:
