@@ -69,7 +69,7 @@ def quantize_folder(src: Path, dst: Path, cfg: DictConfig, algorithm: str, calib
         head_size = json.loads((src / "genai_config.json").read_text())["model"]["decoder"]["head_size"]
         reader = calibration_reader(model, calibration, head_size)
     spec = WeightOnlySpec.from_params(q, "quant_int4")
-    spec = replace(spec, algorithm=algorithm, embedding=spec.embedding and algorithm == "rtn")
+    spec = replace(spec, algorithm=algorithm)
     save_canonical(quantize_weights(model, spec, reader), dst)
 
 

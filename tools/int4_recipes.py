@@ -39,6 +39,8 @@ RECIPES = {  # name -> quant_int4 overrides (on conf/quant_int4/default.yaml)
     "rtn b16 sym, lm_head 8-bit": ["quant_int4.block_size=16"],
     "rtn b32 sym, lm_head+down_proj 8-bit": ["quant_int4.block_size=32", "quant_int4.keep_8bit=[lm_head,down_proj]"],
     "hqq b32, lm_head 8-bit": ["quant_int4.block_size=32", "quant_int4.algorithm=hqq"],
+    "hqq b16, lm_head 8-bit": ["quant_int4.block_size=16", "quant_int4.algorithm=hqq"],
+    "hqq b64, lm_head 8-bit": ["quant_int4.block_size=64", "quant_int4.algorithm=hqq"],
     "k_quant, lm_head 8-bit": ["quant_int4.algorithm=k_quant"],
     "awq b32 sym (clip), lm_head 8-bit": ["quant_int4.block_size=32", "quant_int4.algorithm=awq"],
     "awq b16 sym (clip), lm_head 8-bit": ["quant_int4.block_size=16", "quant_int4.algorithm=awq"],
@@ -65,10 +67,6 @@ def build(recipe: list[str], checkpoint: Path, fp32: Path, out: Path, calibratio
         spec = WeightOnlySpec(bits=4, algorithm="rtn", block_size=q.block_size, symmetric=q.symmetric,
                               accuracy_level=q.accuracy_level, embedding=q.quantize_embedding,
                               keep_8bit=tuple(q.keep_8bit))
-    elif q.algorithm != "rtn":
-        from dataclasses import replace
-
-        spec = replace(spec, embedding=False)
     copy_support_files(src, out)
     save_canonical(quantize_weights(load(src), spec), out)
 

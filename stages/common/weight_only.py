@@ -81,7 +81,7 @@ class WeightOnlySpec:
     block_size: int = 32              # one of BLOCK_SIZES
     symmetric: bool = True            # no zero points; needed to share a tied table with lm_head
     accuracy_level: int = 4           # MatMulNBits compute type; 4 = int8 activations, fast on CPU
-    embedding: bool = False           # the token embedding too (rtn): GatherBlockQuantized
+    embedding: bool = False           # the token embedding too: its own table (rtn), or the 8-bit lm_head's
     keep_8bit: tuple[str, ...] = ()   # regexes: MatMul nodes named like these stay at 8 bits (rtn)
     key: str = "quant_int4"
 
@@ -128,14 +128,17 @@ def quantize_weights(model, spec: WeightOnlySpec, calibration=None):
         raise PipelineError("gptq needs calibration samples (quant_int4.calibration_samples > 0)")
     gather_rows(model)  # a served float graph's column lookup, back to the builder's form the matchers know
     tied = tied_embedding(model) if spec.embedding else None
-    # A tied table is shared with the quantized lm_head where the layouts agree (symmetric: no
-    # zero points; hidden size in whole blocks); otherwise the embedding gets its own copy.
-    share = (tied is not None and spec.symmetric and spec.algorithm == "rtn"
-             and matmul_k(model, tied[2]) % spec.block_size == 0)
-    if spec.embedding and not share:
-        untie_embedding(model)
-    op_types = ("MatMul", "Gather") if spec.embedding and not share else ("MatMul",)
     eight = kept_8bit(model, spec)
+    # A tied table is shared with the quantized lm_head where the layouts agree (symmetric: no
+    # zero points; hidden size in whole blocks): lm_head by rtn, or kept at 8 bits (always rtn)
+    # whatever the algorithm of the rest. Otherwise rtn gives the embedding its own copy; the
+    # other algorithms quantize MatMuls only, and the table stays float.
+    share = (tied is not None and spec.symmetric and (spec.algorithm == "rtn" or tied[2].name in eight)
+             and matmul_k(model, tied[2]) % spec.block_size == 0)
+    own_table = spec.embedding and not share and spec.algorithm == "rtn"
+    if own_table:
+        untie_embedding(model)
+    op_types = ("MatMul", "Gather") if own_table else ("MatMul",)
     if eight:  # first the named MatMuls at 8 bits, every other node left as it is
         others = [n.name for n in model.graph.node if n.op_type in ("MatMul", "Gather") and n.name not in eight]
         config = mnq.DefaultWeightOnlyQuantConfig(block_size=spec.block_size, is_symmetric=spec.symmetric, bits=8,
