@@ -20,6 +20,7 @@ import time
 import numpy as np
 
 from stages.common.params import compose
+from stages.common.runtime import cpu_description
 
 
 def corpus(n: int, seed: int = 7) -> list[dict]:
@@ -57,7 +58,14 @@ def peak_mb(who: int) -> float:
 
 
 def local_run(records: list[dict], p) -> tuple[dict, dict]:
-    from stages.common.textdedup import candidate_pairs, is_near_duplicate, keep_first, record_features, signatures
+    from stages.common.textdedup import (
+        block,
+        candidate_pairs,
+        is_near_duplicate,
+        keep_first,
+        record_features,
+        signatures,
+    )
     from stages.dedup import rule
 
     times = {}
@@ -65,7 +73,7 @@ def local_run(records: list[dict], p) -> tuple[dict, dict]:
     sigs = signatures([record_features(r) for r in records], p.num_perm, p.workers, p.shard_size)
     times["signatures"] = time.perf_counter() - start
     start = time.perf_counter()
-    pairs = candidate_pairs(sigs, p.candidates, tuple(p.lsh_weights))
+    pairs = candidate_pairs(sigs, p.candidates, tuple(p.lsh_weights), blocks=[block(r, rule(p)) for r in records])
     times["LSH index + candidates"] = time.perf_counter() - start
     start = time.perf_counter()
     confirmed = {}
@@ -110,6 +118,7 @@ def main() -> None:
     p = compose().dedup
     records = corpus(args.records)
     base_mb = peak_mb(resource.RUSAGE_SELF)
+    print(f"CPU: {cpu_description()}")
     print(f"corpus: {len(records):,} records; driver before: {base_mb:,.0f} MB")
 
     start = time.perf_counter()

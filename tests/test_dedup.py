@@ -10,10 +10,13 @@ from stages.common.params import compose
 from stages.common.records import read_jsonl
 from stages.common.textdedup import (
     NearDuplicateRule,
+    block,
+    candidate_pairs,
     exact_duplicates,
     is_near_duplicate,
     normalize,
     parameters_agree,
+    record_features,
     shingles,
     signatures,
     similarity,
@@ -254,6 +257,61 @@ def test_similarity_is_symmetric_and_weighs_an_edit_by_length():
     for x, y in [("Is 40 a prime", "Is 40 prime"), ("river silver a", "silver b river")]:
         assert similarity(x, y, 0.75) == similarity(y, x, 0.75)
     assert parameters_agree({"prompt": "Ticket 1 ext. 22 is down"}, {"prompt": "Ticket 1 ext. now is down"})
+
+
+@pytest.mark.parametrize("threshold", [0.8, 0.9, 0.95, 1.0])
+def test_records_in_different_blocks_are_never_near_duplicates(threshold):
+    """`block` is exact: random short texts a few edits apart (dropped, added, replaced words,
+    typos, digits), and every pair the rule accepts shares its block."""
+    import random
+
+    rng = random.Random(threshold)
+    vocab = ["the", "river", "silver", "apple", "apples", "add", "and", "7", "12", "x2", "kiwi", "pear", "is"]
+    rule = NearDuplicateRule(threshold, threshold, 0.75, True, 0.5)
+    accepted = 0
+    for _ in range(3000):
+        a = [rng.choice(vocab) for _ in range(rng.randint(0, 14))]
+        b = list(a)
+        for _ in range(rng.randint(0, 2)):
+            edit, k = rng.randrange(4), rng.randrange(len(b) + 1)
+            if edit == 0 and b:
+                del b[min(k, len(b) - 1)]
+            elif edit == 1:
+                b.insert(k, rng.choice(vocab))
+            elif edit == 2 and b:
+                b[min(k, len(b) - 1)] = rng.choice(vocab)
+            elif b:  # a typo: two letters swapped
+                w = b[min(k, len(b) - 1)]
+                b[min(k, len(b) - 1)] = w[1] + w[0] + w[2:] if len(w) > 1 else w
+        ra = {"prompt": "Tell me: " + " ".join(a), "response": " ".join(a)}
+        rb = {"prompt": "Tell me: " + " ".join(b), "response": " ".join(b)}
+        if is_near_duplicate(ra, rb, rule) is not None:
+            accepted += 1
+            assert block(ra, rule) == block(rb, rule), (ra, rb)
+    assert accepted > 300  # the property was tried on many accepted pairs
+
+
+@pytest.mark.parametrize("name", ["families", "external", "embedded", "templated"])
+def test_blocking_drops_only_pairs_the_rule_refuses(name):
+    """The candidate index split by `block` confirms exactly the pairs the whole index confirms,
+    and on templated short tasks it proposes a small fraction of the pairs."""
+    from benchmarks.dedup_engines import corpus
+    from stages.common.params import REPO_ROOT
+
+    p = compose().dedup
+    rule = dedup.rule(p)
+    sets = {"families": "data/bench/families.jsonl", "external": "data/bench/short_instructions.jsonl",
+            "embedded": "data/raw/domain_train.jsonl"}
+    records = corpus(1500) if name == "templated" else read_jsonl(REPO_ROOT / sets[name], "instruction")
+    sigs = signatures([record_features(r) for r in records], p.num_perm, workers=1, shard_size=len(records))
+    whole = candidate_pairs(sigs, p.candidates, tuple(p.lsh_weights))
+    split = candidate_pairs(sigs, p.candidates, tuple(p.lsh_weights), blocks=[block(r, rule) for r in records])
+    assert set(split) <= set(whole)
+    confirmed = {pair for pair in whole if is_near_duplicate(records[pair[0]], records[pair[1]], rule)}
+    assert {pair for pair in split if is_near_duplicate(records[pair[0]], records[pair[1]], rule)} == confirmed
+    assert confirmed
+    if name == "templated":
+        assert len(split) * 20 < len(whole), (len(split), len(whole))
 
 
 def test_honest_precision_needs_the_labelled_pair():

@@ -7,8 +7,9 @@ included (tests/test_spark_dedup.py holds that, and that the candidate pairs equ
 - exact duplicates: group by the normalized text's hash, the first index of each group kept;
 - eval leaks: the eval index (small) broadcast, `find_leak` per record;
 - signatures: `shard_signatures` per partition (MinHash.bulk, the same hash and seed);
-- candidate pairs: group by (band, the band's hash values), bands and rows from datasketch's own
-  `MinHashLSH(threshold, num_perm, weights)` (its `hashranges`), so the buckets are its buckets;
+- candidate pairs: group by (block, band, the band's hash values), the block what the rule needs
+  equal (`textdedup.block`), bands and rows from datasketch's own `MinHashLSH(threshold, num_perm,
+  weights)` (its `hashranges`), so the buckets are its buckets within each block;
 - each pair joined back to its two records and confirmed by `is_near_duplicate` on an executor.
 MLlib's MinHashLSH is not used: it has no rows per band and its own hash family, so it cannot give
 datasketch's candidates. Only the RDD API is used (no pandas: pyspark 4.3 warns about pandas 3).
@@ -28,6 +29,7 @@ from pathlib import Path
 from stages.common.decontamination import find_leak
 from stages.common.textdedup import (
     NearDuplicateRule,
+    block,
     is_near_duplicate,
     lsh_index,
     normalize,
@@ -90,29 +92,30 @@ class SparkDedup:
         found = self.records(records).map(lambda p: (p[0], find_leak(record_text(p[1]), shared.value, overlap)))
         return dict(found.filter(lambda p: p[1] is not None).collect())
 
-    def signatures(self, records: Sequence[dict], num_perm: int, skip: Iterable[int] = ()):
-        """RDD of (index, MinHash signature) of every record not skipped, per partition."""
+    def signatures(self, records: Sequence[dict], rule: NearDuplicateRule, num_perm: int, skip: Iterable[int] = ()):
+        """RDD of (index, (MinHash signature, block)) of every record not skipped, per partition."""
         skip = frozenset(skip)
 
-        def sign(part: Iterable[tuple[int, dict]]) -> Iterator[tuple[int, object]]:
+        def sign(part: Iterable[tuple[int, dict]]) -> Iterator[tuple[int, tuple]]:
             part = list(part)
             sigs = shard_signatures([record_features(r) for _, r in part], num_perm)
-            return iter((i, sig) for (i, _), sig in zip(part, sigs, strict=True))
+            return iter((i, (sig, block(r, rule))) for (i, r), sig in zip(part, sigs, strict=True))
 
         return self.records(records).filter(lambda p: p[0] not in skip).mapPartitions(sign)
 
     def candidate_pairs(self, records: Sequence[dict], rule: NearDuplicateRule, num_perm: int,
                         lsh_weights: tuple[float, float], skip: Iterable[int] = ()):
-        """RDD of (i, j), j < i, sharing a band bucket of datasketch's LSH for these params."""
+        """RDD of (i, j), j < i, in the same block (textdedup.block) and sharing a band bucket of
+        datasketch's LSH for these params."""
         ranges = lsh_index(rule.candidates, num_perm, lsh_weights).hashranges
         start = time.perf_counter()
-        sigs = self.signatures(records, num_perm, skip).cache()
+        sigs = self.signatures(records, rule, num_perm, skip).cache()
         sigs.count()
         self.signature_seconds = time.perf_counter() - start
 
         def bands(pair):
-            i, sig = pair
-            return [((b, sig[lo:hi].tobytes()), i) for b, (lo, hi) in enumerate(ranges)]
+            i, (sig, key) = pair
+            return [((key, b, sig[lo:hi].tobytes()), i) for b, (lo, hi) in enumerate(ranges)]
 
         def pairs(ids):
             ids = sorted(ids)

@@ -18,7 +18,7 @@ import re
 import unicodedata
 import zlib
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Hashable, Iterable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 
@@ -229,24 +229,66 @@ def record_features(record: dict) -> set[str]:
     return out
 
 
-def lsh_index(threshold: float, num_perm: int, lsh_weights: tuple[float, float]):
+def _exact_only(n: int, threshold: float) -> bool:
+    """Whether a field of n words reaches `threshold` with another only when both have the same
+    length and the same words holding a digit (see `block`). The bounds are computed as
+    `similarity` computes a score, so float rounding agrees (0.8 / (2 x 0.2) is 2.0000000000000004)."""
+    longer_by_one = 2 * n / (2 * n + 1)
+    one_replaced = max(0.0, 2 * (n - 2) / (2 * n)) if n else 0.0
+    return longer_by_one < threshold and one_replaced < threshold
+
+
+def _field_block(text: str, threshold: float) -> tuple:
+    tokens = words(text)
+    if not _exact_only(len(tokens), threshold):
+        return ("long",)
+    return len(tokens), tuple(sorted(t for t in tokens if any(c.isdigit() for c in t)))
+
+
+def block(record: dict, rule: NearDuplicateRule) -> tuple:
+    """What two records must share to be near-duplicates under `rule`: the candidate index is
+    split by it, so the pairs it never proposes are pairs the rule would refuse (exact, no recall
+    lost), and templated short records ("Add 12 and 6." -> "18") stop meeting in one bucket, where
+    candidate pairs grow with the square of the template's size.
+
+    Why it is exact, for a field of n words against one of m (`similarity`): shared and typo words
+    are at most min(n, m), so similarity <= 2 min(n, m) / (n + m) <= 2n / (2n + 1) when n != m;
+    with n = m, a word holding a digit that the other side lacks is never a typo, so at least one
+    word is replaced and similarity <= (n - 2) / n. Both fall below a threshold t while
+    n < t / (2 (1 - t)) (`_exact_only`; 0.95: up to 9 words; 0.8: up to 1): such a field meets
+    only a field of the same length with the same digit words. With `rule.parameters`, the prompts'
+    list items are equal too. tests/test_dedup.py holds it on random edits and on every labelled set."""
+    prompt, response = fields(record)
+    items = tuple(sorted(parameters(prompt)[0].elements())) if rule.parameters else ()
+    return _field_block(prompt, rule.prompt), _field_block(response, rule.response), items
+
+
+def lsh_index(threshold: float, num_perm: int, lsh_weights: tuple[float, float], params: tuple | None = None):
     from datasketch import MinHashLSH
 
-    return MinHashLSH(threshold=threshold, num_perm=num_perm, weights=tuple(lsh_weights))
+    return MinHashLSH(threshold=threshold, num_perm=num_perm, weights=tuple(lsh_weights), params=params)
 
 
 def candidate_pairs(sigs: np.ndarray, threshold: float, lsh_weights: tuple[float, float],
-                    skip: Iterable[int] = ()) -> list[tuple[int, int]]:
-    """(i, j), j < i: every pair of records that share an LSH bucket (datasketch's bands x rows
-    for the threshold and weights), in order. Skipped records (already removed) take no part."""
+                    skip: Iterable[int] = (), blocks: Sequence[Hashable] | None = None) -> list[tuple[int, int]]:
+    """(i, j), j < i: every pair of records in the same block (`block`; one block if None) that
+    share an LSH bucket (datasketch's bands x rows for the threshold and weights), in order.
+    Skipped records (already removed) take no part. One datasketch index per block that holds two
+    records or more; the bands and rows are computed once (datasketch integrates for them)."""
     from datasketch import LeanMinHash
 
     skip = set(skip)
-    lsh = lsh_index(threshold, sigs.shape[1], lsh_weights)
+    blocks = blocks if blocks is not None else [None] * len(sigs)
+    sizes = Counter(b for i, b in enumerate(blocks) if i not in skip)
+    template = lsh_index(threshold, sigs.shape[1], lsh_weights)
+    indexes: dict[Hashable, object] = {}
     pairs = []
     for i in range(len(sigs)):
-        if i in skip:
+        if i in skip or sizes[blocks[i]] < 2:
             continue
+        lsh = indexes.get(blocks[i])
+        if lsh is None:
+            lsh = indexes[blocks[i]] = lsh_index(threshold, sigs.shape[1], lsh_weights, (template.b, template.r))
         sketch = LeanMinHash(seed=1, hashvalues=sigs[i], scheme="affine32")
         pairs += [(i, j) for j in sorted(lsh.query(sketch))]
         lsh.insert(i, sketch)
@@ -277,7 +319,8 @@ def confirmed_pairs(records: Sequence[dict], sigs: np.ndarray, rule: NearDuplica
                     lsh_weights: tuple[float, float], skip: Iterable[int] = ()) -> dict[tuple[int, int], tuple]:
     """(i, j) -> (prompt, response) similarity of every LSH candidate pair the rule confirms."""
     confirmed = {}
-    for i, j in candidate_pairs(sigs, rule.candidates, lsh_weights, skip):
+    blocks = [block(r, rule) for r in records]
+    for i, j in candidate_pairs(sigs, rule.candidates, lsh_weights, skip, blocks):
         score = is_near_duplicate(records[i], records[j], rule)
         if score is not None:
             confirmed[(i, j)] = score
