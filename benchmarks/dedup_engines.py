@@ -45,12 +45,17 @@ def corpus(n: int, seed: int = 7) -> list[dict]:
         if row not in seen:
             seen.add(row)
             rows.append({"id": f"r{len(rows)}", "prompt": row[0], "response": row[1]})
+    # Each re-submission lands at a random place after its original (a sort key, not list.insert:
+    # linear in the corpus, so a million records take seconds).
+    keyed = [(float(i), row) for i, row in enumerate(rows)]
     for k in range(n - len(rows)):
-        original = rows[rng.randrange(len(rows))]
+        at = rng.randrange(len(rows))
+        original = rows[at]
         prompt = rng.choice(["Please ", "Hi, ", "Quick one: "]) + original["prompt"][0].lower() + original["prompt"][1:]
-        rows.insert(rng.randint(rows.index(original) + 1, len(rows)),
-                    {"id": f"copy{k}", "prompt": prompt, "response": original["response"]})
-    return rows
+        keyed.append((rng.uniform(at + 0.5, len(rows)), {"id": f"copy{k}", "prompt": prompt,
+                                                           "response": original["response"]}))
+    keyed.sort(key=lambda pair: pair[0])
+    return [row for _, row in keyed]
 
 
 def peak_mb(who: int) -> float:

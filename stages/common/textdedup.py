@@ -271,28 +271,29 @@ def lsh_index(threshold: float, num_perm: int, lsh_weights: tuple[float, float],
 
 def candidate_pairs(sigs: np.ndarray, threshold: float, lsh_weights: tuple[float, float],
                     skip: Iterable[int] = (), blocks: Sequence[Hashable] | None = None) -> list[tuple[int, int]]:
-    """(i, j), j < i: every pair of records in the same block (`block`; one block if None) that
-    share an LSH bucket (datasketch's bands x rows for the threshold and weights), in order.
-    Skipped records (already removed) take no part. One datasketch index per block that holds two
-    records or more; the bands and rows are computed once (datasketch integrates for them)."""
+    """(i, j), j < i, sorted: every pair of records in the same block (`block`; one block if None)
+    that share an LSH bucket (datasketch's bands x rows for the threshold and weights). Skipped
+    records (already removed) take no part. One datasketch index per block of two records or more,
+    built and dropped in turn, so memory is bounded by the largest block, not the corpus; the bands
+    and rows are computed once (datasketch integrates for them)."""
     from datasketch import LeanMinHash
 
     skip = set(skip)
-    blocks = blocks if blocks is not None else [None] * len(sigs)
-    sizes = Counter(b for i, b in enumerate(blocks) if i not in skip)
-    template = lsh_index(threshold, sigs.shape[1], lsh_weights)
-    indexes: dict[Hashable, object] = {}
-    pairs = []
+    members: dict[Hashable, list[int]] = defaultdict(list)
     for i in range(len(sigs)):
-        if i in skip or sizes[blocks[i]] < 2:
+        if i not in skip:
+            members[None if blocks is None else blocks[i]].append(i)
+    template = lsh_index(threshold, sigs.shape[1], lsh_weights)
+    pairs = []
+    for ids in members.values():
+        if len(ids) < 2:
             continue
-        lsh = indexes.get(blocks[i])
-        if lsh is None:
-            lsh = indexes[blocks[i]] = lsh_index(threshold, sigs.shape[1], lsh_weights, (template.b, template.r))
-        sketch = LeanMinHash(seed=1, hashvalues=sigs[i], scheme="affine32")
-        pairs += [(i, j) for j in sorted(lsh.query(sketch))]
-        lsh.insert(i, sketch)
-    return pairs
+        lsh = lsh_index(threshold, sigs.shape[1], lsh_weights, (template.b, template.r))
+        for i in ids:
+            sketch = LeanMinHash(seed=1, hashvalues=sigs[i], scheme="affine32")
+            pairs += [(i, j) for j in lsh.query(sketch)]
+            lsh.insert(i, sketch)
+    return sorted(pairs)
 
 
 def keep_first(n: int, confirmed: dict[tuple[int, int], tuple[float, float]],
