@@ -261,8 +261,11 @@ def evaluate_rung(rung: Rung, cfg: DictConfig, model: LanguageModel | None = Non
                     "kl_p99": round(float(np.percentile(np.concatenate(per_token), 99)), 6),
                     "top1": round(value("top1", fidelity), 5)}
     with timed(log, f"{rung.name}: speed") as t:
-        metrics |= {"size_mb": size_mb(model), **speed(model, tokenizer, data["speed_text"], cfg),
-                    "at_target": at_target(model, tokenizer, data["speed_text"], cfg)}
+        # Timed as served: an ONNX rung's serving graph (the prompt's lm_head pruned).
+        served = open_rung(rung, cfg, serving=True) if rung.runtime == "genai" else model
+        del reference
+        metrics |= {"size_mb": size_mb(model), **speed(served, tokenizer, data["speed_text"], cfg),
+                    "at_target": at_target(served, tokenizer, data["speed_text"], cfg)}
     seconds["speed"] = t["seconds"]
     metrics["seconds"] = seconds
     return metrics, items

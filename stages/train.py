@@ -85,7 +85,8 @@ def training_data(cfg: DictConfig, tokenizer) -> tuple[list[Example], list[Examp
     and the KL leash only holds the positions it scores, so without them LoRA unlearns refusing.
     With train.safety_kl_only they are anchors, scored by the KL to the base alone: the adapter
     is held to the base's behaviour there, not trained further toward refusing (which also
-    raises over-refusal). README, "Safety and degeneration"."""
+    raises over-refusal); train.anchor_kl_weight multiplies β on their tokens, a leash on the
+    safety turns that does not hold back the domain. README, "Safety and degeneration"."""
     t = cfg.train
     domain = pairs(read_jsonl(layout.CLEAN_TRAIN, "instruction"), "response")
     general = pairs(read_jsonl(cfg.data.general_task_train, "instruction"), "response")
@@ -93,7 +94,7 @@ def training_data(cfg: DictConfig, tokenizer) -> tuple[list[Example], list[Examp
     if t.safety_mix > 0 and cfg.data.safety_train:
         turns = encode(tokenizer, pairs(read_jsonl(cfg.data.safety_train, "instruction"), "response"), t.max_seq_len)
         for e in turns:
-            e.kl_only = bool(t.safety_kl_only)
+            e.kl_only, e.kl_weight = bool(t.safety_kl_only), float(t.anchor_kl_weight)
         train_set += replay_sample(turns, len(train_set), t.safety_mix, cfg.seed)
     if t.replay_mix > 0:
         corpus = encode_text(tokenizer, [r["text"] for r in read_jsonl(cfg.data.general_corpus, "text")], t.max_seq_len)

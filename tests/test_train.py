@@ -101,3 +101,17 @@ def test_anchor_rows_are_scored_by_kl_alone(trained_workspace):
         anchors = objective(model, collate([anchor], pad, "cpu"), 0.0, with_kl=True)
     assert float(mixed["ce"]) == pytest.approx(float(alone["ce"]), rel=1e-5)
     assert float(anchors["loss"]) == 0.0 and "kl" in anchors
+
+    # train.anchor_kl_weight: the anchor's KL weighs that many times beta in the loss; the
+    # reported KL stays the plain per-token mean. An adapter away from zero, so the KL is not 0.
+    torch.manual_seed(0)
+    for name, weight in model.named_parameters():
+        if "lora_B" in name:
+            weight.data.normal_(0, 0.05)
+    heavy = Example(anchor.input_ids, anchor.labels, kl_only=True, kl_weight=3.0)
+    with torch.no_grad():
+        light_out = objective(model, collate([anchor], pad, "cpu"), 0.5, with_kl=True)
+        heavy_out = objective(model, collate([heavy], pad, "cpu"), 0.5, with_kl=True)
+    assert float(light_out["kl"]) > 1e-4 and float(heavy_out["kl"]) == float(light_out["kl"])
+    assert float(heavy_out["loss"]) == pytest.approx(3 * float(light_out["loss"]), rel=1e-5)
+    assert float(light_out["loss"]) == pytest.approx(0.5 * float(light_out["kl"]), rel=1e-5)

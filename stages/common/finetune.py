@@ -30,6 +30,7 @@ class Example:
     input_ids: list[int]
     labels: list[int]  # IGNORE on prompt positions: only the response is scored
     kl_only: bool = False  # an anchor: scored by the KL to the base alone, never by CE
+    kl_weight: float = 1.0  # this example's KL weighs kl_weight x beta (anchors: train.anchor_kl_weight)
 
 
 def encode(tokenizer, pairs: Sequence[tuple[str, str]], max_len: int) -> list[Example]:
@@ -71,8 +72,9 @@ def collate(examples: Sequence[Example], pad_id: int, device) -> dict[str, torch
         labels[row, : len(e.labels)] = torch.tensor(e.labels)
         mask[row, : len(e.input_ids)] = 1
     kl_only = torch.tensor([e.kl_only for e in examples], dtype=torch.bool)
+    kl_weight = torch.tensor([e.kl_weight for e in examples], dtype=torch.float32)
     return {"input_ids": ids.to(device), "attention_mask": mask.to(device), "labels": labels.to(device),
-            "kl_only": kl_only.to(device)}
+            "kl_only": kl_only.to(device), "kl_weight": kl_weight.to(device)}
 
 
 def batches(examples: Sequence[Example], batch_size: int, seed: int, rank: int = 0,
@@ -122,17 +124,18 @@ def scored_tokens(batch: dict[str, torch.Tensor]) -> int:
     return int((batch["labels"][:, 1:] != IGNORE).sum())
 
 
-def kl_to_base(logits: torch.Tensor, base_logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Summed over scored positions: KL(p_theta || p_base) = sum_v p_theta (log p_theta - log p_base)."""
+def kl_per_position(logits: torch.Tensor, base_logits: torch.Tensor) -> torch.Tensor:
+    """(batch, positions): KL(p_theta || p_base) = sum_v p_theta (log p_theta - log p_base)."""
     logp = F.log_softmax(logits.float(), dim=-1)
     logq = F.log_softmax(base_logits.float(), dim=-1)
-    return ((logp.exp() * (logp - logq)).sum(-1) * mask).sum()
+    return (logp.exp() * (logp - logq)).sum(-1)
 
 
 def objective(model, batch: dict[str, torch.Tensor], beta: float, with_kl: bool, peft_model=None,
               normalizer: float | None = None) -> dict[str, torch.Tensor]:
     """CE on response tokens and KL to the base on the same positions, as per-token means
-    (`ce`, `kl`), and `loss` = (summed CE + beta * summed KL) / normalizer.
+    (`ce`, `kl`), and `loss` = (summed CE + beta * summed KL) / normalizer, each example's KL
+    weighted by its `kl_weight` in the loss (the reported `kl` is unweighted).
 
     The normalizer defaults to this batch's scored tokens (loss = mean CE + beta * mean KL). The
     training loop passes the scored tokens of the whole optimizer step instead (every
@@ -158,8 +161,12 @@ def objective(model, batch: dict[str, torch.Tensor], beta: float, with_kl: bool,
         with torch.no_grad(), peft_model.disable_adapter():
             base_logits = peft_model(input_ids=batch["input_ids"],
                                      attention_mask=batch["attention_mask"]).logits[:, :-1]
-        kl_sum = kl_to_base(logits, base_logits, mask)
+        kl = kl_per_position(logits, base_logits)
+        kl_sum = (kl * mask).sum()
         out["kl"] = kl_sum.detach() / count
+        weight = batch.get("kl_weight")
+        if weight is not None and bool((weight != 1).any()):
+            kl_sum = (kl * mask * weight[:, None]).sum()
         if beta > 0:
             total = total + beta * kl_sum
     out["loss"] = total / (count if normalizer is None else normalizer)

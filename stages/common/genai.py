@@ -8,22 +8,32 @@ from pathlib import Path
 
 import numpy as np
 
+from stages.common.errors import PipelineError
 from stages.common.language_model import take_until_stop, time_steps
+from stages.common.serving_graph import FULL_GRAPH, decoder_file, graph_is_pruned, graph_overlay
 
 
 class GenaiModel:
     """One loaded rung folder. `adapter_files` are loaded by name (their file stem) and can be
     switched per call; `active` names the one used when a call names none (None: the base).
 
-    `provider` runs it on another execution provider than the one it was exported for (e.g. a
-    CUDA build on "cpu"); None keeps genai_config.json's."""
+    `graph` is the decoder file to open: the full graph (default: every position's logits, what
+    evaluate, the harness and KL need) or None for the one genai_config.json names, the pruned
+    serving graph a user runs (serving_graph.py). `provider` runs it on another execution
+    provider than the one it was exported for (e.g. a CUDA build on "cpu"); None keeps
+    genai_config.json's."""
 
-    def __init__(self, folder: Path, adapter_files: Sequence[Path] = (), provider: str | None = None):
+    def __init__(self, folder: Path, adapter_files: Sequence[Path] = (), provider: str | None = None,
+                 graph: str | None = FULL_GRAPH):
         import onnxruntime_genai as og
 
         self.og = og
         self.folder = Path(folder)
         config = og.Config(str(folder))
+        if graph is not None and graph != decoder_file(self.folder):
+            config.overlay(graph_overlay(graph))
+        self.graph = self.folder / (graph or decoder_file(self.folder))
+        self.pruned = graph_is_pruned(self.graph)
         if provider is not None:
             config.clear_providers()
             if provider != "cpu":  # the CPU provider is always there; it is not appended
@@ -53,7 +63,12 @@ class GenaiModel:
 
     def logits(self, ids: Sequence[int], adapter: str | None = None, chunk: int = 256) -> np.ndarray:
         """Logits (len(ids), vocab) for every position: append_tokens then get_output("logits")
-        (get_logits() would give only the last), in chunks so long texts fit."""
+        (get_logits() would give only the last), in chunks so long texts fit. A pruned graph
+        holds one position per chunk: refused, not returned as the wrong rows."""
+        if self.pruned:
+            raise PipelineError(f"{self.graph} is a serving graph (lm_head pruned to the last position): it has "
+                                "no logits for every position; open the full graph, "
+                                f"GenaiModel(folder, graph={FULL_GRAPH!r})")
         generator = self.generator(adapter, max_length=len(ids) + 1)
         parts = []
         for start in range(0, len(ids), chunk):

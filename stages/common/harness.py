@@ -89,6 +89,14 @@ def chat_genai_class():
             self.adapter_file = adapter_file
             super().__init__(pretrained, **kwargs)
 
+        def _select_ep(self, config) -> None:
+            # The folder's genai_config names the pruned serving graph; loglikelihoods need the
+            # logits of every position, so the full graph is opened (serving_graph.py).
+            from stages.common.serving_graph import graph_overlay
+
+            config.overlay(graph_overlay())
+            super()._select_ep(config)
+
         @property
         def tokenizer_name(self) -> str:
             return str(self.model_dir).replace("/", "__")

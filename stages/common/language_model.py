@@ -137,8 +137,10 @@ class TorchModel:
         return time_steps(self._steps(prompt), new_tokens)
 
 
-def open_rung(rung: Rung, cfg: DictConfig) -> LanguageModel:
-    """The rung's model, loaded the way its users run it."""
+def open_rung(rung: Rung, cfg: DictConfig, serving: bool = False) -> LanguageModel:
+    """The rung's model. An ONNX rung opens its full graph (every position's logits), or with
+    `serving` the graph its genai_config.json names, the pruned one its users run
+    (serving_graph.py)."""
     from stages.common.checkpoint import base_checkpoint
 
     folder = base_checkpoint(cfg) if rung.name == "torch_base" else rung.folder
@@ -148,9 +150,11 @@ def open_rung(rung: Rung, cfg: DictConfig) -> LanguageModel:
         return TorchModel(folder, cfg.model.dtype, cfg.model.device)
     from stages.common.genai import GenaiModel
     from stages.common.layout import ADAPTER_FILE
+    from stages.common.serving_graph import FULL_GRAPH
 
+    graph = None if serving else FULL_GRAPH
     if not rung.adapter:
-        return GenaiModel(folder, provider=cfg.evaluate.provider)
-    model = GenaiModel(folder, adapter_files=[folder / ADAPTER_FILE], provider=cfg.evaluate.provider)
+        return GenaiModel(folder, provider=cfg.evaluate.provider, graph=graph)
+    model = GenaiModel(folder, adapter_files=[folder / ADAPTER_FILE], provider=cfg.evaluate.provider, graph=graph)
     model.active = Path(ADAPTER_FILE).stem
     return model

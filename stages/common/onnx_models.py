@@ -24,6 +24,7 @@ from stages.common.layout import ADAPTER_FILE
 
 MODEL_FILE = "model.onnx"
 DATA_FILE = "model.onnx.data"
+SERVING_FILE = "model.serve.onnx"  # the pruned-lm_head twin of MODEL_FILE on the same data (serving_graph.py)
 LORA_RANK_DIM = "lora_rank"
 BUILDER_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
 FLOAT_PRECISIONS = ("fp32", "fp16", "bf16")  # which one a provider takes: schema.EXPORT_TARGETS
@@ -46,6 +47,7 @@ def run_builder(input_dir: Path, output_dir: Path, precision: str, provider: str
     e.g. the old int4_* names), and tests read the output graph to prove they took effect.
     """
     from stages.common.serving import write_serving
+    from stages.common.serving_graph import write_serving_graph
 
     check_builder_input(input_dir)
     options = [f"{k}={v}" for k, v in (extra_options or {}).items()]
@@ -67,6 +69,7 @@ def run_builder(input_dir: Path, output_dir: Path, precision: str, provider: str
         model = load(output_dir)
         if gather_columns(model):  # the builder's per-step transpose of the table (tied_embedding.py)
             save_canonical(model, output_dir)
+    write_serving_graph(output_dir)  # the builder saved the graph itself (save_canonical writes it too)
     if serving is not None:
         write_serving(output_dir, serving, provider)
 
@@ -83,7 +86,8 @@ def load(folder: Path):
 
 def save_canonical(model, folder: Path) -> None:
     """model.onnx + one external data file, initializers sorted by name: the same graph content
-    always gives the same bytes (the quantizers' own saves do not)."""
+    always gives the same bytes (the quantizers' own saves do not). Then its serving twin,
+    model.serve.onnx on the same data, named by genai_config.json (serving_graph.py)."""
     import onnx
 
     # Sorted in place: re-adding the tensors copies them through one message, which protobuf
@@ -93,13 +97,16 @@ def save_canonical(model, folder: Path) -> None:
         path.unlink(missing_ok=True)
     onnx.save_model(model, str(folder / MODEL_FILE), save_as_external_data=True, all_tensors_to_one_file=True,
                     location=DATA_FILE, size_threshold=1024)
+    from stages.common.serving_graph import write_serving_graph
+
+    write_serving_graph(folder)  # every saved rung gets its serving twin (serving_graph.py)
 
 
 def copy_support_files(src: Path, dst: Path) -> None:
     """Everything of a rung's folder but the graph itself (genai_config, tokenizer, template...)."""
     dst.mkdir(parents=True, exist_ok=True)
     for item in sorted(src.iterdir()):
-        if item.name not in (MODEL_FILE, DATA_FILE) and item.is_file():
+        if item.name not in (MODEL_FILE, DATA_FILE, SERVING_FILE) and item.is_file():
             shutil.copy2(item, dst / item.name)
 
 

@@ -146,6 +146,7 @@ class Train(Section):
     replay_mix: Fraction
     safety_mix: Fraction
     safety_kl_only: bool
+    anchor_kl_weight: Annotated[float, Field(ge=0, description="the safety turns' KL weighs this many times β")]
     lr: Annotated[float, Field(gt=0)]
     weight_decay: Annotated[float, Field(ge=0)]
     schedule: Literal["cosine", "constant"]
