@@ -86,11 +86,15 @@ def training_data(cfg: DictConfig, tokenizer) -> tuple[list[Example], list[Examp
     With train.safety_kl_only they are anchors, scored by the KL to the base alone: the adapter
     is held to the base's behaviour there, not trained further toward refusing (which also
     raises over-refusal); train.anchor_kl_weight multiplies β on their tokens, a leash on the
-    safety turns that does not hold back the domain. README, "Safety and degeneration"."""
+    safety turns that does not hold back the domain. train.domain_kl_weight multiplies β on the
+    domain answers (validation included): 0 leaves them to CE alone, for a base whose prior on
+    the labels is far off (README "The ladder on real weights"). README, "Safety and degeneration"."""
     t = cfg.train
     domain = pairs(read_jsonl(layout.CLEAN_TRAIN, "instruction"), "response")
     general = pairs(read_jsonl(cfg.data.general_task_train, "instruction"), "response")
     train_set = encode(tokenizer, mix_general(domain, general, t.general_mix, cfg.seed), t.max_seq_len)
+    for e in train_set[: len(domain)]:  # mix_general puts the domain pairs first
+        e.kl_weight = float(t.domain_kl_weight)
     if t.safety_mix > 0 and cfg.data.safety_train:
         turns = encode(tokenizer, pairs(read_jsonl(cfg.data.safety_train, "instruction"), "response"), t.max_seq_len)
         for e in turns:
@@ -198,7 +202,7 @@ def fit(cfg: DictConfig, accelerator, model, train_set: list[Example], val_set: 
         schedule.step()
         # Every rank validates the same full set with the same (synced) weights, so all take the
         # same early-stopping decision; only the main one logs.
-        val = validate(peft_model, val_set, t.batch_size, pad_id, t.kl_beta) \
+        val = validate(peft_model, val_set, t.batch_size, pad_id, t.kl_beta * t.domain_kl_weight) \
             if step % t.eval_every == 0 or step == t.max_steps else None
         if live is not None:
             for key, value in per_token(out, t.kl_beta).items():

@@ -22,13 +22,22 @@ from stages.common.onnx_models import SERVING_FILE as SERVING_GRAPH
 from stages.common.serving import CONFIG_FILE
 
 
-def lm_head(model):
-    """The node that writes the graph's `logits` (the lm_head MatMul / MatMulNBits)."""
-    node = next((n for n in model.graph.node if "logits" in n.output), None)
-    if node is None or node.op_type not in ("MatMul", "MatMulNBits", "Gemm"):
-        found = "no node" if node is None else f"a {node.op_type} node"
-        raise ValueError(f"expected the lm_head MatMul to write `logits`, found {found}")
-    return node
+def lm_head_input(model) -> str:
+    """The hidden state the lm_head reads: the final norm's output, found by walking up from
+    `logits` (through a weight-only MatMulNBits, or a dynamic INT8 route's quantize, MatMulInteger
+    and scale nodes) to the first normalization node."""
+    producers = {o: n for n in model.graph.node for o in n.output}
+    frontier, seen = ["logits"], set()
+    while frontier:
+        tensor = frontier.pop()
+        node = producers.get(tensor)
+        if node is None or tensor in seen:
+            continue
+        seen.add(tensor)
+        if node.op_type.endswith("LayerNormalization"):
+            return tensor
+        frontier += list(node.input)
+    raise ValueError("no normalization node found above `logits`: not a decoder graph this edit knows")
 
 
 def is_pruned(model) -> bool:
@@ -42,8 +51,8 @@ def prune_lm_head(model) -> None:
     """In place: lm_head reads the last position's hidden state only (the builder's edit)."""
     from onnx import TensorProto, helper
 
-    head = lm_head(model)
-    hidden = head.input[0]
+    hidden = lm_head_input(model)
+    readers = [n for n in model.graph.node if hidden in n.input]
     last = helper.make_tensor("/lm_head/prune/constants/-1", TensorProto.INT64, [], [-1])
     axis = helper.make_tensor("/lm_head/prune/constants/[1]", TensorProto.INT64, [1], [1])
     model.graph.initializer.extend([last, axis])
@@ -51,10 +60,13 @@ def prune_lm_head(model) -> None:
                               name="/lm_head/prune/Gather", axis=1)                      # [batch, hidden]
     unsqueeze = helper.make_node("Unsqueeze", [gather.output[0], axis.name], ["/lm_head/prune/Unsqueeze/output_0"],
                                  name="/lm_head/prune/Unsqueeze")                        # [batch, 1, hidden]
-    position = list(model.graph.node).index(head)
+    for node in readers:
+        for k, name in enumerate(node.input):
+            if name == hidden:
+                node.input[k] = unsqueeze.output[0]
+    position = min(list(model.graph.node).index(n) for n in readers)
     model.graph.node.insert(position, unsqueeze)
     model.graph.node.insert(position, gather)
-    head.input[0] = unsqueeze.output[0]
     logits = next(o for o in model.graph.output if o.name == "logits")
     dims = logits.type.tensor_type.shape.dim
     dims[1].Clear()
