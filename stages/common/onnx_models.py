@@ -21,10 +21,11 @@ import numpy as np
 
 from stages.common.errors import PipelineError
 from stages.common.layout import ADAPTER_FILE
+from stages.common.serving_graph import FULL_GRAPH, SERVING_GRAPH, write_serving_graph
 
-MODEL_FILE = "model.onnx"
+MODEL_FILE = FULL_GRAPH
 DATA_FILE = "model.onnx.data"
-SERVING_FILE = "model.serve.onnx"  # the pruned-lm_head twin of MODEL_FILE on the same data (serving_graph.py)
+SERVING_FILE = SERVING_GRAPH  # the pruned-lm_head twin of MODEL_FILE on the same data
 LORA_RANK_DIM = "lora_rank"
 BUILDER_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
 FLOAT_PRECISIONS = ("fp32", "fp16", "bf16")  # which one a provider takes: schema.EXPORT_TARGETS
@@ -47,7 +48,6 @@ def run_builder(input_dir: Path, output_dir: Path, precision: str, provider: str
     e.g. the old int4_* names), and tests read the output graph to prove they took effect.
     """
     from stages.common.serving import write_serving
-    from stages.common.serving_graph import write_serving_graph
 
     check_builder_input(input_dir)
     options = [f"{k}={v}" for k, v in (extra_options or {}).items()]
@@ -97,8 +97,6 @@ def save_canonical(model, folder: Path) -> None:
         path.unlink(missing_ok=True)
     onnx.save_model(model, str(folder / MODEL_FILE), save_as_external_data=True, all_tensors_to_one_file=True,
                     location=DATA_FILE, size_threshold=1024)
-    from stages.common.serving_graph import write_serving_graph
-
     write_serving_graph(folder)  # every saved rung gets its serving twin (serving_graph.py)
 
 

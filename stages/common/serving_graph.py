@@ -17,9 +17,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from stages.common.onnx_models import MODEL_FILE as FULL_GRAPH
-from stages.common.onnx_models import SERVING_FILE as SERVING_GRAPH
 from stages.common.serving import CONFIG_FILE
+
+FULL_GRAPH = "model.onnx"  # every rung's graph (onnx_models.MODEL_FILE)
+SERVING_GRAPH = "model.serve.onnx"  # its pruned twin on the same data file
 
 
 def lm_head_input(model) -> str:
