@@ -247,9 +247,10 @@ def open_built(rung: Built, threads: int, context: int) -> LanguageModel:
     from stages.common.genai import GenaiModel
     from stages.common.layout import ADAPTER_FILE
 
+    # Timed as served: the serving graph genai_config.json names (serving_graph.py).
     if rung.runtime != "onnx adapter":
-        return GenaiModel(rung.path)
-    model = GenaiModel(rung.path, adapter_files=[rung.path / ADAPTER_FILE])
+        return GenaiModel(rung.path, graph=None)
+    model = GenaiModel(rung.path, adapter_files=[rung.path / ADAPTER_FILE], graph=None)
     model.active = Path(ADAPTER_FILE).stem  # as open_rung serves an adapter rung
     return model
 
@@ -260,6 +261,13 @@ def prompt_logits(rung: Built, model: LanguageModel, prompt: list[int], threads:
         from stages.common.gguf import GgufModel
 
         return GgufModel(rung.path, threads, context, all_logits=True).logits(prompt)
+    if getattr(model, "pruned", False):  # the serving graph has the last position only: open the full one
+        from stages.common.genai import GenaiModel
+        from stages.common.layout import ADAPTER_FILE
+
+        full = GenaiModel(rung.path, adapter_files=[rung.path / ADAPTER_FILE] if model.adapter_names else [])
+        full.active = model.active
+        return full.logits(prompt)
     return model.logits(prompt)
 
 
