@@ -18,6 +18,8 @@ JOBS ?= 1
 SEEDS ?= 1234,1,2,3,4
 DEDUP_RECORDS ?= 200000
 REAL ?= smollm2
+# make review's pipeline folder: . (the embedded default) or pipelines/$(REAL)
+PIPELINE ?= .
 
 .PHONY: help setup setup-gpu params repro test test-fast lint bench bench-dedup bench-real gguf-rung real review sweep sweep-int4 sweep-report verify-seeds clean
 
@@ -83,10 +85,10 @@ real: $(STAMP) ## the ladder on real weights (SmolLM2-135M-Instruct) in pipeline
 	cd pipelines/$(REAL) && $(CURDIR)/$(BIN)/dvc repro
 	@cat pipelines/$(REAL)/reports/gates.md
 
-review: $(STAMP) ## for a pull request: gated metrics vs $(REV) paired per item with intervals, the gates, all metrics
-	@$(BIN)/python -m tools.review --rev $(REV)
+review: $(STAMP) ## for a pull request: gated metrics vs $(REV) paired per item, the gates, all metrics [PIPELINE=pipelines/smollm2]
+	@cd $(PIPELINE) && $(CURDIR)/$(BIN)/python -m tools.review --rev $(REV)
 	@echo; echo "## All metrics vs $(REV)"; echo
-	@$(BIN)/dvc metrics diff $(REV) --md
+	@cd $(PIPELINE) && $(CURDIR)/$(BIN)/dvc metrics diff $(REV) --md
 
 sweep: $(STAMP) ## queue and run a grid: make sweep R="4,8,16" BETA="0,0.05,0.2" [JOBS=1]
 	$(BIN)/python -m stages.common.params --check-grid 'train.lora.r=$(R)' 'train.kl_beta=$(BETA)'

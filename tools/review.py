@@ -35,7 +35,8 @@ def items_at(rev: str | None, rung: str) -> dict | None:
     def read(path: Path) -> dict | None:
         if rev is None:
             return json.loads(path.read_text()) if path.is_file() else None
-        shown = subprocess.run(["git", "show", f"{rev}:{path}"], capture_output=True, text=True)
+        # ./: relative to the working directory, so a pipeline folder (pipelines/smollm2) reads its own files
+        shown = subprocess.run(["git", "show", f"{rev}:./{path}"], capture_output=True, text=True)
         return json.loads(shown.stdout) if shown.returncode == 0 else None
 
     items = read(layout.EVAL_ITEMS_DIR / f"{rung}.json")
