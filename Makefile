@@ -16,7 +16,7 @@ BETA ?= 0,0.2
 ALGOS ?= rtn,awq
 JOBS ?= 1
 SEEDS ?= 1234,1,2,3,4
-DEDUP_RECORDS ?= 200000
+DEDUP_RECORDS ?= 1000000
 REAL ?= smollm2
 # make review's pipeline folder: . (the embedded default) or pipelines/$(REAL)
 PIPELINE ?= .
@@ -64,8 +64,10 @@ bench: $(STAMP) ## benchmarks: dedup signatures/s vs a naive loop; decode tok/s 
 	$(BIN)/dvc repro --quiet quant_int4 quant_int8
 	$(BIN)/python -m benchmarks.decode_speed
 
-bench-dedup: $(STAMP) ## dedup's local and Spark engines side by side on a generated corpus (DEDUP_RECORDS=200000)
-	$(BIN)/python -m benchmarks.dedup_engines --records $(DEDUP_RECORDS)
+bench-dedup: $(STAMP) ## dedup's local and Spark engines side by side on a generated corpus (DEDUP_RECORDS=1000000)
+	# Spark's driver JVM starts with 1 GB unless told: a million records' shuffle needs more.
+	PYSPARK_SUBMIT_ARGS="$${PYSPARK_SUBMIT_ARGS:---driver-memory 8g pyspark-shell}" \
+		$(BIN)/python -m benchmarks.dedup_engines --records $(DEDUP_RECORDS)
 
 BENCH_STAMP := $(VENV)/.bench-installed
 $(BENCH_STAMP): $(STAMP) requirements-bench.txt
