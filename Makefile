@@ -84,13 +84,13 @@ gguf-rung: $(BENCH_STAMP) ## after make repro: the merged model as llama.cpp Q4_
 real: $(STAMP) ## the ladder on real weights (SmolLM2-135M-Instruct) in pipelines/$(REAL)/: every stage, verdicts recorded
 	$(BIN)/python -m tools.pipeline_folder $(REAL)
 	$(BIN)/python -m stages.common.params --output pipelines/$(REAL)/params.yaml pipeline=$(REAL) $(OVERRIDES)
-	cd pipelines/$(REAL) && $(CURDIR)/$(BIN)/dvc repro
+	cd pipelines/$(REAL) && $(abspath $(BIN))/dvc repro
 	@cat pipelines/$(REAL)/reports/gates.md
 
 review: $(STAMP) ## for a pull request: gated metrics vs $(REV) paired per item, the gates, all metrics [PIPELINE=pipelines/smollm2]
-	@cd $(PIPELINE) && $(CURDIR)/$(BIN)/python -m tools.review --rev $(REV)
+	@cd $(PIPELINE) && $(abspath $(BIN))/python -m tools.review --rev $(REV)
 	@echo; echo "## All metrics vs $(REV)"; echo
-	@cd $(PIPELINE) && $(CURDIR)/$(BIN)/dvc metrics diff $(REV) --md
+	@cd $(PIPELINE) && $(abspath $(BIN))/dvc metrics diff $(REV) --md
 
 sweep: $(STAMP) ## queue and run a grid: make sweep R="4,8,16" BETA="0,0.05,0.2" [JOBS=1]
 	$(BIN)/python -m stages.common.params --check-grid 'train.lora.r=$(R)' 'train.kl_beta=$(BETA)'
