@@ -49,7 +49,8 @@ def verdicts(folder: Path) -> dict[str, Counter]:
 
 def table(tiny: Path, real: Path) -> str:
     ladders = {"tiny": rung_metrics(tiny), real.name: rung_metrics(real)}
-    lines = ["| rung | ladder | " + " | ".join(title for _, title, _ in COLUMNS) + " | gates (pass / FAIL / inconclusive) |",
+    titles = " | ".join(title for _, title, _ in COLUMNS)
+    lines = [f"| rung | ladder | {titles} | gates (pass / FAIL / inconclusive) |",
              "|---|---|" + "---:|" * len(COLUMNS) + "---|"]
     gates = {"tiny": verdicts(tiny), real.name: verdicts(real)}
     for name in RUNGS:
@@ -58,8 +59,8 @@ def table(tiny: Path, real: Path) -> str:
                 continue
             g = gates[ladder].get(name, Counter())
             counts = f"{g['pass']} / {g['FAIL']} / {g['inconclusive']}" if g else ""
-            lines.append(f"| {name} | {ladder} | " + " | ".join(cell(metrics[name], key, fmt) for key, _, fmt in COLUMNS)
-                         + f" | {counts} |")
+            cells = " | ".join(cell(metrics[name], key, fmt) for key, _, fmt in COLUMNS)
+            lines.append(f"| {name} | {ladder} | {cells} | {counts} |")
     return "\n".join(lines)
 
 
