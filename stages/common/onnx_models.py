@@ -63,13 +63,16 @@ def run_builder(input_dir: Path, output_dir: Path, precision: str, provider: str
     if done.returncode != 0 or not (output_dir / MODEL_FILE).is_file():
         tail = "\n".join((done.stdout + done.stderr).strip().splitlines()[-15:])
         raise PipelineError(f"ONNX builder failed on {input_dir} ({precision}, {provider}):\n{tail}")
+    resaved = False
     if precision in FLOAT_PRECISIONS and ties_embeddings(input_dir):
         from stages.common.tied_embedding import gather_columns
 
         model = load(output_dir)
         if gather_columns(model):  # the builder's per-step transpose of the table (tied_embedding.py)
-            save_canonical(model, output_dir)
-    write_serving_graph(output_dir)  # the builder saved the graph itself (save_canonical writes it too)
+            save_canonical(model, output_dir)  # writes the serving twin too
+            resaved = True
+    if not resaved:  # the builder's own save: its serving twin is written here
+        write_serving_graph(output_dir)
     if serving is not None:
         write_serving(output_dir, serving, provider)
 
