@@ -5,8 +5,8 @@
 For each seed, in its own workspace under .dvc/tmp/seeds/ (the data copied in, params composed
 from conf/ with the overrides and `seed=<seed>`), runs the stages that a seed changes: base, train
 and evaluate on the torch rungs (dedup once, shared: it draws no random numbers). A seed's base is
-kept from its last run when what it reads is unchanged, so trying another LoRA recipe costs train
-and one evaluation per seed. Then judges the
+kept from its last run when what it reads (params and data bytes) is unchanged, so trying another
+LoRA recipe costs train and one evaluation per seed, and a changed eval set costs the evaluations. Then judges the
 LoRA rung's gates (conf/gates/, the same `stages.gates.checks`) per seed and prints one table: each
 check's estimate and verdict per seed, its mean and spread, and its worst distance to the
 threshold. A gate that passes on some seeds only is a recipe sitting on its margin: a different
@@ -17,6 +17,7 @@ reports/seeds.md and metrics/seeds.json.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import shutil
@@ -51,18 +52,31 @@ BASE_KEYS = ("seed", "numerics", "base", "model", "data", "evaluate")
 LORA_KEYS = (*BASE_KEYS, "dedup", "train")  # ... and the LoRA rung, when the recipe is unchanged too
 
 
-def fingerprint(cfg, keys: tuple[str, ...]) -> str:
-    return json.dumps({k: OmegaConf.to_container(cfg[k]) if OmegaConf.is_config(cfg[k]) else cfg[k] for k in keys},
-                      sort_keys=True)
+def digest(*paths: Path) -> str:
+    """sha256 over the files' relative names and bytes: params alone miss a data file that moved."""
+    h = hashlib.sha256()
+    for path in paths:
+        for f in sorted(path.rglob("*")) if path.is_dir() else [path]:
+            if f.is_file():
+                h.update(str(f.relative_to(path.parent)).encode() + b"\0" + f.read_bytes())
+    return h.hexdigest()
+
+
+def fingerprint(cfg, keys: tuple[str, ...], *data: Path) -> str:
+    return json.dumps({"params": {k: OmegaConf.to_container(cfg[k]) if OmegaConf.is_config(cfg[k]) else cfg[k]
+                                  for k in keys}, "data": digest(*data)}, sort_keys=True)
 
 
 def run_seed(seed: int, overrides: list[str], clean: Path | None) -> tuple[Path, dict[str, float]]:
     """The seed's own base, LoRA and torch-rung evaluation; seconds per stage."""
     workspace = WORK / str(seed)
     cfg = compose([*overrides, f"seed={seed}"])
-    stamp = workspace / "base.params.json"
-    reuse = stamp.is_file() and stamp.read_text() == fingerprint(cfg, BASE_KEYS) and \
-        (workspace / layout.BASE_DIR).is_dir()
+    raw, evals = REPO_ROOT / "data" / "raw", REPO_ROOT / "data" / "eval"
+    # The base reads the raw data and the held-out text; the evaluations read every eval set.
+    base_print = fingerprint(cfg, BASE_KEYS, raw, REPO_ROOT / cfg.data.eval.general_heldout)
+    base_eval_print, lora_print = fingerprint(cfg, BASE_KEYS, raw, evals), fingerprint(cfg, LORA_KEYS, raw, evals)
+    stamp, base_eval_stamp = workspace / "base.params.json", workspace / "base_eval.params.json"
+    reuse = stamp.is_file() and stamp.read_text() == base_print and (workspace / layout.BASE_DIR).is_dir()
     if not reuse:
         shutil.rmtree(workspace, ignore_errors=True)
     for part in ("raw", "eval", "bench"):  # the committed data, fresh each run
@@ -71,10 +85,11 @@ def run_seed(seed: int, overrides: list[str], clean: Path | None) -> tuple[Path,
     write_params([*overrides, f"seed={seed}"], workspace / "params.yaml")
     seconds = {}
     lora_stamp = workspace / "lora.params.json"
-    lora_kept = reuse and lora_stamp.is_file() and lora_stamp.read_text() == fingerprint(cfg, LORA_KEYS) and \
+    lora_kept = reuse and lora_stamp.is_file() and lora_stamp.read_text() == lora_print and \
         (workspace / layout.EVAL_ITEMS_DIR / f"{RUNG}.json").is_file()
     steps = [] if lora_kept else [("train", ["stages.train"]), ("evaluate@torch_lora", ["stages.evaluate", RUNG])]
-    if not (reuse and (workspace / layout.EVAL_ITEMS_DIR / "torch_base.json").is_file()):
+    if not (reuse and base_eval_stamp.is_file() and base_eval_stamp.read_text() == base_eval_print and
+            (workspace / layout.EVAL_ITEMS_DIR / "torch_base.json").is_file()):
         steps.insert(1, ("evaluate@torch_base", ["stages.evaluate", "torch_base"]))
     if not reuse:
         steps.insert(0, ("base", ["stages.base"]))
@@ -90,11 +105,13 @@ def run_seed(seed: int, overrides: list[str], clean: Path | None) -> tuple[Path,
         seconds[name] = round(time.perf_counter() - start, 1)
         print(f"  seed {seed}: {name} {seconds[name]:.0f} s", flush=True)
         if name == "base":
-            stamp.write_text(fingerprint(cfg, BASE_KEYS))
+            stamp.write_text(base_print)
+        if name == "evaluate@torch_base":
+            base_eval_stamp.write_text(base_eval_print)
         if name == f"evaluate@{RUNG}":
-            lora_stamp.write_text(fingerprint(cfg, LORA_KEYS))
+            lora_stamp.write_text(lora_print)
     if reuse:
-        kept = "base, LoRA and their evaluations" if lora_kept else "base and its evaluation"
+        kept = "base, LoRA and their evaluations" if lora_kept else "base"
         print(f"  seed {seed}: {kept} kept (their params are unchanged)", flush=True)
     return workspace, seconds
 

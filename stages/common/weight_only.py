@@ -2,7 +2,8 @@
 surgery it needs is in tied_embedding.py).
 
 - weight-only blockwise INT4/INT8 (MatMulNBits) through MatMulNBitsQuantizer: RTN (its default
-  quantizer), k_quant, HQQ, GPTQ (calibrated); LoRA MatMuls are never quantized;
+  quantizer), k_quant, HQQ (its float zero points then split for the fast kernel: zero_points.py),
+  GPTQ (calibrated); LoRA MatMuls are never quantized;
 - dynamic INT8 (quantize_dynamic, per channel, QInt8).
 Every result is saved canonically (sorted initializers) so that reruns are byte-identical.
 """
@@ -25,6 +26,7 @@ from stages.common.tied_embedding import (
     tied_embedding,
     untie_embedding,
 )
+from stages.common.zero_points import split_float_zero_points
 
 
 def lora_matmuls(model) -> list[str]:
@@ -161,6 +163,8 @@ def quantize_weights(model, spec: WeightOnlySpec, calibration=None):
                                             is_symmetric=spec.symmetric, accuracy_level=spec.accuracy_level,
                                             nodes_to_exclude=lora_matmuls(model), op_types_to_quantize=op_types,
                                             algo_config=config))
+    if spec.algorithm == "hqq":  # its float zero points as integer ones + a block correction: 13x decode
+        split_float_zero_points(out)
     if share:  # the checks above are the ones tied_lm_head_nbits makes on the quantized graph
         share_quantized_table(out)
     gather_columns(out)  # where the float table stays (embedding not quantized), looked up as served
