@@ -28,6 +28,7 @@ from omegaconf import DictConfig
 
 from stages.common import layout
 from stages.common.atomic import atomic_path, write_json
+from stages.common.chat import prompt_ids, stop_token_ids
 from stages.common.checkpoint import base_checkpoint, load_causal_lm, load_tokenizer, torch_dtype
 from stages.common.errors import PipelineError
 from stages.common.finetune import (
@@ -37,6 +38,7 @@ from stages.common.finetune import (
     collate,
     encode,
     encode_text,
+    example,
     mix_general,
     objective,
     replay_sample,
@@ -86,7 +88,9 @@ def training_data(cfg: DictConfig, tokenizer) -> tuple[list[Example], list[Examp
     With train.safety_kl_only they are anchors, scored by the KL to the base alone: the adapter
     is held to the base's behaviour there, not trained further toward refusing (which also
     raises over-refusal); train.anchor_kl_weight multiplies β on their tokens, a leash on the
-    safety turns that does not hold back the domain. train.domain_kl_weight multiplies β on the
+    safety turns that does not hold back the domain. train.anchor_answers=base replaces the set's
+    answers with the base's own greedy ones (a real model's refusals are its own words).
+    train.domain_kl_weight multiplies β on the
     domain answers (validation included): 0 leaves them to CE alone, for a base whose prior on
     the labels is far off (README "The ladder on real weights"). README, "Safety and degeneration"."""
     t = cfg.train
@@ -96,10 +100,17 @@ def training_data(cfg: DictConfig, tokenizer) -> tuple[list[Example], list[Examp
     for e in train_set[: len(domain)]:  # mix_general puts the domain pairs first
         e.kl_weight = float(t.domain_kl_weight)
     if t.safety_mix > 0 and cfg.data.safety_train:
-        turns = encode(tokenizer, pairs(read_jsonl(cfg.data.safety_train, "instruction"), "response"), t.max_seq_len)
+        chosen = replay_sample(pairs(read_jsonl(cfg.data.safety_train, "instruction"), "response"), len(train_set),
+                               t.safety_mix, cfg.seed)
+        if t.anchor_answers == "base":
+            prompts = [prompt_ids(tokenizer, prompt) for prompt, _ in chosen]
+            turns = [example(p, r, t.max_seq_len) for p, r in zip(prompts, base_answers(cfg, tokenizer, prompts),
+                                                                     strict=True)]
+        else:
+            turns = encode(tokenizer, chosen, t.max_seq_len)
         for e in turns:
             e.kl_only, e.kl_weight = bool(t.safety_kl_only), float(t.anchor_kl_weight)
-        train_set += replay_sample(turns, len(train_set), t.safety_mix, cfg.seed)
+        train_set += turns
     if t.replay_mix > 0:
         corpus = encode_text(tokenizer, [r["text"] for r in read_jsonl(cfg.data.general_corpus, "text")], t.max_seq_len)
         train_set += replay_sample(corpus, len(train_set), t.replay_mix, cfg.seed)
@@ -107,6 +118,23 @@ def training_data(cfg: DictConfig, tokenizer) -> tuple[list[Example], list[Examp
     if len(train_set) < t.batch_size:
         raise PipelineError(f"{len(train_set)} training examples, fewer than one batch ({t.batch_size})")
     return train_set, val_set
+
+
+def base_answers(cfg: DictConfig, tokenizer, prompts: list[list[int]], batch: int = 16) -> list[list[int]]:
+    """The base's own greedy answer to each prompt, with the end-of-turn token where it stopped
+    (train.anchor_answers=base): a real model refuses in its own words, and a KL anchor on a
+    refusal text it never says holds only the first position (README "The ladder on real weights")."""
+    from stages.common.language_model import TorchModel
+
+    n = cfg.train.anchor_answer_tokens
+    stop = stop_token_ids(tokenizer)
+    model = TorchModel(base_checkpoint(cfg), cfg.model.dtype, "cpu")
+    out = []
+    for start in progress(range(0, len(prompts), batch), desc="base answers to the anchors",
+                          total=-(-len(prompts) // batch)):
+        out += [ids + stop[:1] if len(ids) < n else ids
+                for ids in model.greedy_batch(prompts[start : start + batch], n, stop)]
+    return out
 
 
 def load_for_training(cfg: DictConfig):

@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 
 import pytest
 
@@ -115,3 +116,27 @@ def test_anchor_rows_are_scored_by_kl_alone(trained_workspace):
     assert float(light_out["kl"]) > 1e-4 and float(heavy_out["kl"]) == float(light_out["kl"])
     assert float(heavy_out["loss"]) == pytest.approx(3 * float(light_out["loss"]), rel=1e-5)
     assert float(light_out["loss"]) == pytest.approx(0.5 * float(light_out["kl"]), rel=1e-5)
+
+
+def test_anchors_can_hold_the_base_to_its_own_answers(trained_workspace):
+    """train.anchor_answers=base: the same anchor prompts as with the set's answers (same sample),
+    each now answered by the base's own greedy decoding (with its end-of-turn token where it
+    stopped), still scored by the KL alone; the rest of the mix is unchanged."""
+    from stages.common.chat import stop_token_ids
+    from stages.common.finetune import IGNORE
+    from stages.common.language_model import TorchModel
+    from stages.train import training_data
+
+    tokenizer = load_tokenizer("models/base")
+    data, _ = training_data(shrunk(), tokenizer)
+    own, _ = training_data(shrunk(["train.anchor_answers=base", "train.anchor_answer_tokens=12"]), tokenizer)
+    assert len(own) == len(data)
+    anchors = [(a, b) for a, b in zip(data, own, strict=True) if a.kl_only]
+    assert anchors and all(b.kl_only for _, b in anchors)
+    assert all(a.input_ids == b.input_ids for a, b in zip(data, own, strict=True) if not a.kl_only)
+    base, stop = TorchModel(Path("models/base")), stop_token_ids(tokenizer)
+    for a, b in anchors[:4]:
+        prompt = [t for t, label in zip(a.input_ids, a.labels, strict=True) if label == IGNORE]
+        assert prompt == [t for t, label in zip(b.input_ids, b.labels, strict=True) if label == IGNORE]
+        answer = base.greedy(prompt, 12, stop)
+        assert b.input_ids[len(prompt):] == answer + (stop[:1] if len(answer) < 12 else [])

@@ -12,6 +12,7 @@ import random
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -23,6 +24,8 @@ from stages.common.errors import PipelineError
 SET_VALUED_CONFIG_KEYS = ("target_modules", "exclude_modules", "modules_to_save", "layers_to_transform")
 
 IGNORE = -100
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -36,13 +39,15 @@ class Example:
 def encode(tokenizer, pairs: Sequence[tuple[str, str]], max_len: int) -> list[Example]:
     """Chat-formatted examples, the prompt masked out, truncated from the prompt's left so the
     response (what is learned) survives."""
-    out = []
-    for prompt, response in pairs:
-        p, r = prompt_ids(tokenizer, prompt), response_ids(tokenizer, response)
-        r = r[:max_len - 1]
-        p = p[-(max_len - len(r)):]
-        out.append(Example(p + r, [IGNORE] * len(p) + r))
-    return out
+    return [example(prompt_ids(tokenizer, prompt), response_ids(tokenizer, response), max_len)
+            for prompt, response in pairs]
+
+
+def example(prompt: list[int], response: list[int], max_len: int) -> Example:
+    """One turn from its token ids: the response scored, cut to max_len from the prompt's left."""
+    r = response[: max_len - 1]
+    p = prompt[-(max_len - len(r)):]
+    return Example(p + r, [IGNORE] * len(p) + r)
 
 
 def encode_text(tokenizer, texts: Sequence[str], max_len: int) -> list[Example]:
@@ -55,7 +60,7 @@ def encode_text(tokenizer, texts: Sequence[str], max_len: int) -> list[Example]:
     return out
 
 
-def replay_sample(windows: Sequence[Example], n_task: int, fraction: float, seed: int) -> list[Example]:
+def replay_sample(windows: Sequence[T], n_task: int, fraction: float, seed: int) -> list[T]:
     """`fraction` of the mix (after adding them) drawn from `windows`: replay text, safety turns."""
     n = min(len(windows), round(n_task * fraction / (1 - fraction)))
     return random.Random(seed).sample(list(windows), n)

@@ -148,6 +148,8 @@ class Train(Section):
     safety_kl_only: bool
     anchor_kl_weight: Annotated[float, Field(ge=0, description="the safety turns' KL weighs this many times β")]
     domain_kl_weight: Annotated[float, Field(ge=0, description="the domain answers' KL weighs this many times β")]
+    anchor_answers: Literal["data", "base"]
+    anchor_answer_tokens: Count
     lr: Annotated[float, Field(gt=0)]
     weight_decay: Annotated[float, Field(ge=0)]
     schedule: Literal["cosine", "constant"]
