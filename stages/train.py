@@ -46,6 +46,7 @@ from stages.common.finetune import (
     scored_tokens,
     validate,
 )
+from stages.common.lm import torch_greedy_batch
 from stages.common.records import read_jsonl
 from stages.common.runtime import get_logger, progress, seed_everything, stage_main
 
@@ -83,7 +84,8 @@ def training_data(cfg: DictConfig, tokenizer) -> tuple[list[Example], list[Examp
     """The clean domain set with its general mix and replay windows; the held-out domain set.
 
     train.safety_mix is the share of the mix made of the base's own safety turns (data.safety_train:
-    refusals of red-team asks, answers to their look-alikes): the domain data holds no refusal,
+    refusals of red-team asks, answers to their look-alikes; and data.safety_anchors, the same asks
+    in other wordings, never pre-trained on): the domain data holds no refusal,
     and the KL leash only holds the positions it scores, so without them LoRA unlearns refusing.
     With train.safety_kl_only they are anchors, scored by the KL to the base alone: the adapter
     is held to the base's behaviour there, not trained further toward refusing (which also
@@ -100,8 +102,10 @@ def training_data(cfg: DictConfig, tokenizer) -> tuple[list[Example], list[Examp
     for e in train_set[: len(domain)]:  # mix_general puts the domain pairs first
         e.kl_weight = float(t.domain_kl_weight)
     if t.safety_mix > 0 and cfg.data.safety_train:
-        chosen = replay_sample(pairs(read_jsonl(cfg.data.safety_train, "instruction"), "response"), len(train_set),
-                               t.safety_mix, cfg.seed)
+        rows = read_jsonl(cfg.data.safety_train, "instruction")
+        if cfg.data.safety_anchors:  # more wordings of the same asks: the leash holds where it is applied
+            rows += read_jsonl(cfg.data.safety_anchors, "instruction")
+        chosen = replay_sample(pairs(rows, "response"), len(train_set), t.safety_mix, cfg.seed)
         if t.anchor_answers == "base":
             prompts = [prompt_ids(tokenizer, prompt) for prompt, _ in chosen]
             turns = [example(p, r, t.max_seq_len) for p, r in zip(prompts, base_answers(cfg, tokenizer, prompts),
@@ -124,16 +128,14 @@ def base_answers(cfg: DictConfig, tokenizer, prompts: list[list[int]], batch: in
     """The base's own greedy answer to each prompt, with the end-of-turn token where it stopped
     (train.anchor_answers=base): a real model refuses in its own words, and a KL anchor on a
     refusal text it never says holds only the first position (README "The ladder on real weights")."""
-    from stages.common.language_model import TorchModel
-
     n = cfg.train.anchor_answer_tokens
     stop = stop_token_ids(tokenizer)
-    model = TorchModel(base_checkpoint(cfg), cfg.model.dtype, "cpu")
+    model = load_causal_lm(base_checkpoint(cfg), cfg.model.dtype, "cpu")
     out = []
     for start in progress(range(0, len(prompts), batch), desc="base answers to the anchors",
                           total=-(-len(prompts) // batch)):
         out += [ids + stop[:1] if len(ids) < n else ids
-                for ids in model.greedy_batch(prompts[start : start + batch], n, stop)]
+                for ids in torch_greedy_batch(model, prompts[start : start + batch], n, stop)]
     return out
 
 

@@ -128,8 +128,9 @@ def test_anchors_can_hold_the_base_to_its_own_answers(trained_workspace):
     from stages.train import training_data
 
     tokenizer = load_tokenizer("models/base")
-    data, _ = training_data(shrunk(), tokenizer)
-    own, _ = training_data(shrunk(["train.anchor_answers=base", "train.anchor_answer_tokens=12"]), tokenizer)
+    whole = "train.max_seq_len=256"  # no turn cut: the prompts compare as they are
+    data, _ = training_data(shrunk([whole]), tokenizer)
+    own, _ = training_data(shrunk([whole, "train.anchor_answers=base", "train.anchor_answer_tokens=12"]), tokenizer)
     assert len(own) == len(data)
     anchors = [(a, b) for a, b in zip(data, own, strict=True) if a.kl_only]
     assert anchors and all(b.kl_only for _, b in anchors)
@@ -140,3 +141,24 @@ def test_anchors_can_hold_the_base_to_its_own_answers(trained_workspace):
         assert prompt == [t for t, label in zip(b.input_ids, b.labels, strict=True) if label == IGNORE]
         answer = base.greedy(prompt, 12, stop)
         assert b.input_ids[len(prompt):] == answer + (stop[:1] if len(answer) < 12 else [])
+
+
+def test_anchors_are_drawn_from_both_wordings_and_never_from_the_eval_sets(trained_workspace):
+    """data.safety_anchors adds the same asks in wordings neither pre-training nor the eval sets
+    use: the sampled anchors hold both, and none is a red-team or benign eval prompt."""
+    from stages.common.chat import prompt_ids
+    from stages.common.finetune import IGNORE
+    from stages.train import training_data
+
+    tokenizer = load_tokenizer("models/base")
+    data, _ = training_data(shrunk(["train.max_seq_len=256"]), tokenizer)  # no prompt cut: they look up whole
+    anchors = [tuple(t for t, label in zip(e.input_ids, e.labels, strict=True) if label == IGNORE)
+               for e in data if e.kl_only]
+    files = {"train": ("data/raw/safety_train.jsonl", "instruction"),
+             "anchors": ("data/raw/safety_anchors.jsonl", "instruction"),
+             "redteam": ("data/eval/safety_redteam.jsonl", "task"), "benign": ("data/eval/safety_benign.jsonl", "task")}
+    source = {tuple(prompt_ids(tokenizer, r["prompt"])): name for name, (path, kind) in files.items()
+              for r in read_jsonl(path, kind)}
+    found = [source.get(a) for a in anchors]
+    assert found.count("train") > 0 and found.count("anchors") > 0
+    assert found.count("train") + found.count("anchors") == len(anchors)  # none from an eval set, none unknown

@@ -43,12 +43,14 @@ def stage(workspace: Path, *args: str) -> None:
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "PROGRESS": os.environ.get("PROGRESS", "0")}
     done = subprocess.run([sys.executable, "-m", *args], cwd=workspace, env=env, capture_output=True, text=True)
     if done.returncode != 0:
-        sys.exit(f"{' '.join(args)} failed in {workspace}:\n{done.stderr[-3000:]}")
+        # the stages log to stdout (rich), tracebacks go to stderr: both tails
+        sys.exit(f"{' '.join(args)} failed in {workspace}:\n{done.stdout[-2000:]}{done.stderr[-3000:]}")
 
 
 # What the base and its evaluation read: when these are unchanged since the seed's last run, its
 # base is kept (a recipe change in train re-runs train and the LoRA rung only).
 BASE_KEYS = ("seed", "numerics", "base", "model", "data", "evaluate")
+BASE_DATA = ("general_corpus", "general_task_train", "safety_train")
 LORA_KEYS = (*BASE_KEYS, "dedup", "train")  # ... and the LoRA rung, when the recipe is unchanged too
 
 
@@ -72,8 +74,9 @@ def run_seed(seed: int, overrides: list[str], clean: Path | None) -> tuple[Path,
     workspace = WORK / str(seed)
     cfg = compose([*overrides, f"seed={seed}"])
     raw, evals = REPO_ROOT / "data" / "raw", REPO_ROOT / "data" / "eval"
-    # The base reads the raw data and the held-out text; the evaluations read every eval set.
-    base_print = fingerprint(cfg, BASE_KEYS, raw, REPO_ROOT / cfg.data.eval.general_heldout)
+    # The base reads these files (dvc.yaml's base deps); train and the evaluations, all of them.
+    base_print = fingerprint(cfg, BASE_KEYS, *(REPO_ROOT / cfg.data[k] for k in BASE_DATA),
+                             REPO_ROOT / cfg.data.eval.general_heldout)
     base_eval_print, lora_print = fingerprint(cfg, BASE_KEYS, raw, evals), fingerprint(cfg, LORA_KEYS, raw, evals)
     stamp, base_eval_stamp = workspace / "base.params.json", workspace / "base_eval.params.json"
     reuse = stamp.is_file() and stamp.read_text() == base_print and (workspace / layout.BASE_DIR).is_dir()

@@ -9,7 +9,8 @@ from pathlib import Path
 import numpy as np
 
 from stages.common.errors import PipelineError
-from stages.common.language_model import take_until_stop, time_steps
+from stages.common.language_model import time_steps
+from stages.common.lm import take_until_stop
 from stages.common.serving_graph import FULL_GRAPH, decoder_file, graph_is_pruned, graph_overlay
 
 

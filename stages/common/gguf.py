@@ -28,7 +28,8 @@ import numpy as np
 
 from stages.common.atomic import atomic_path
 from stages.common.errors import PipelineError
-from stages.common.language_model import take_until_stop, time_steps
+from stages.common.language_model import time_steps
+from stages.common.lm import take_until_stop
 
 # llama.cpp's file types (llama.h's LLAMA_FTYPE_MOSTLY_*), by llama-quantize's names.
 FILE_TYPES = {"Q8_0": 7, "Q4_0": 2, "Q4_K_M": 15, "Q4_K_S": 14, "Q5_K_M": 17, "Q6_K": 18}

@@ -21,6 +21,7 @@ import numpy as np
 from omegaconf import DictConfig
 
 from stages.common.errors import PipelineError
+from stages.common.lm import take_until_stop, torch_greedy_batch
 from stages.common.rungs import Rung
 
 
@@ -42,15 +43,6 @@ class LanguageModel(Protocol):
 
     def timed_decode(self, prompt: Sequence[int], new_tokens: int) -> tuple[float, list[float]]:
         """Seconds for the prefill, and for each of `new_tokens` greedy steps (no early stop)."""
-
-
-def take_until_stop(tokens: Iterator[int], max_new_tokens: int, stop_ids: Sequence[int]) -> list[int]:
-    out: list[int] = []
-    for _, token in zip(range(max_new_tokens), tokens, strict=False):  # range first: no step past the last
-        if token in stop_ids:
-            break
-        out.append(token)
-    return out
 
 
 def time_steps(steps: Iterator[object], new_tokens: int) -> tuple[float, list[float]]:
@@ -115,23 +107,7 @@ class TorchModel:
 
     def greedy_batch(self, prompts: Sequence[Sequence[int]], max_new_tokens: int,
                      stop_ids: Sequence[int]) -> list[list[int]]:
-        """transformers' batched greedy `generate`, left-padded (positions follow the attention
-        mask, so each row continues as it would alone, up to batched kernels' summation order):
-        a step for the whole batch costs about what one row's does on a CPU."""
-        import torch
-
-        width = max(len(p) for p in prompts)
-        pad = self.model.config.pad_token_id if self.model.config.pad_token_id is not None else 0
-        ids = torch.full((len(prompts), width), pad, dtype=torch.long)
-        mask = torch.zeros((len(prompts), width), dtype=torch.long)
-        for row, prompt in enumerate(prompts):
-            ids[row, width - len(prompt):] = torch.tensor(list(prompt))
-            mask[row, width - len(prompt):] = 1
-        with torch.no_grad():
-            out = self.model.generate(input_ids=ids.to(self.model.device), attention_mask=mask.to(self.model.device),
-                                      max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=list(stop_ids),
-                                      pad_token_id=pad)
-        return [take_until_stop(iter(row[width:].tolist()), max_new_tokens, stop_ids) for row in out]
+        return torch_greedy_batch(self.model, prompts, max_new_tokens, stop_ids)
 
     def timed_decode(self, prompt: Sequence[int], new_tokens: int) -> tuple[float, list[float]]:
         return time_steps(self._steps(prompt), new_tokens)

@@ -306,6 +306,7 @@ class Data(Section):
     general_corpus: str
     ground_truth: str | None
     safety_train: str | None
+    safety_anchors: str | None
     eval: Annotated[dict[str, str], Field(min_length=1, description="decontamination needs an eval set")]
 
 
