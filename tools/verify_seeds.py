@@ -6,8 +6,8 @@ For each seed, in its own workspace under .dvc/tmp/seeds/ (the data copied in, p
 from conf/ with the overrides and `seed=<seed>`), runs the stages that a seed changes: base, train
 and evaluate on the torch rungs (dedup once, shared: it draws no random numbers). A seed's base is
 kept from its last run when what it reads (params and data bytes) is unchanged, so trying another
-LoRA recipe costs train and one evaluation per seed, and a changed eval set costs the evaluations. Then judges the
-LoRA rung's gates (conf/gates/, the same `stages.gates.checks`) per seed and prints one table: each
+LoRA recipe costs train and one evaluation per seed, and a changed eval set costs the evaluations.
+Then judges the LoRA rung's gates (conf/gates/, the same `stages.gates.checks`) per seed and prints one table: each
 check's estimate and verdict per seed, its mean and spread, and its worst distance to the
 threshold. A gate that passes on some seeds only is a recipe sitting on its margin: a different
 CPU's rounding moves it as much as a seed does (README "Seeds and machines"). Writes
