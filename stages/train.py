@@ -87,10 +87,10 @@ def training_data(cfg: DictConfig, tokenizer) -> tuple[list[Example], list[Examp
     refusals of red-team asks, answers to their look-alikes; and data.safety_anchors, the same asks
     in other wordings, never pre-trained on): the domain data holds no refusal,
     and the KL leash only holds the positions it scores, so without them LoRA unlearns refusing.
-    With train.safety_kl_only they are anchors, scored by the KL to the base alone: the adapter
-    is held to the base's behaviour there, not trained further toward refusing (which also
-    raises over-refusal); train.anchor_kl_weight multiplies β on their tokens, a leash on the
-    safety turns that does not hold back the domain. train.anchor_answers=base replaces the set's
+    They are scored by CE and the KL to the base (the default: CE widens the margin of the
+    base's own decisions, refusing and answering alike, so a LoRA's drift flips fewer of them),
+    or with train.safety_kl_only by the KL alone; train.anchor_kl_weight multiplies β on their
+    tokens, a leash on the safety turns that does not hold back the domain. train.anchor_answers=base replaces the set's
     answers with the base's own greedy ones (a real model's refusals are its own words).
     train.domain_kl_weight multiplies β on the
     domain answers (validation included): 0 leaves them to CE alone, for a base whose prior on

@@ -128,9 +128,9 @@ def test_anchors_can_hold_the_base_to_its_own_answers(trained_workspace):
     from stages.train import training_data
 
     tokenizer = load_tokenizer("models/base")
-    whole = "train.max_seq_len=256"  # no turn cut: the prompts compare as they are
-    data, _ = training_data(shrunk([whole]), tokenizer)
-    own, _ = training_data(shrunk([whole, "train.anchor_answers=base", "train.anchor_answer_tokens=12"]), tokenizer)
+    whole = ["train.max_seq_len=256", "train.safety_kl_only=true"]  # no turn cut; anchors marked kl_only
+    data, _ = training_data(shrunk(whole), tokenizer)
+    own, _ = training_data(shrunk([*whole, "train.anchor_answers=base", "train.anchor_answer_tokens=12"]), tokenizer)
     assert len(own) == len(data)
     anchors = [(a, b) for a, b in zip(data, own, strict=True) if a.kl_only]
     assert anchors and all(b.kl_only for _, b in anchors)
@@ -145,13 +145,17 @@ def test_anchors_can_hold_the_base_to_its_own_answers(trained_workspace):
 
 def test_anchors_are_drawn_from_both_wordings_and_never_from_the_eval_sets(trained_workspace):
     """data.safety_anchors adds the same asks in wordings neither pre-training nor the eval sets
-    use: the sampled anchors hold both, and none is a red-team or benign eval prompt."""
+    use: the sampled anchors hold both, and none is a red-team or benign eval prompt. By default
+    (safety_kl_only false) the same turns are in the mix, scored by CE as well."""
     from stages.common.chat import prompt_ids
     from stages.common.finetune import IGNORE
     from stages.train import training_data
 
     tokenizer = load_tokenizer("models/base")
-    data, _ = training_data(shrunk(["train.max_seq_len=256"]), tokenizer)  # no prompt cut: they look up whole
+    data, _ = training_data(shrunk(["train.max_seq_len=256", "train.safety_kl_only=true"]), tokenizer)  # no prompt cut
+    default, _ = training_data(shrunk(["train.max_seq_len=256"]), tokenizer)
+    assert [e.input_ids for e in default] == [e.input_ids for e in data]
+    assert not any(e.kl_only for e in default)
     anchors = [tuple(t for t, label in zip(e.input_ids, e.labels, strict=True) if label == IGNORE)
                for e in data if e.kl_only]
     files = {"train": ("data/raw/safety_train.jsonl", "instruction"),
