@@ -78,8 +78,8 @@ $(BENCH_STAMP): $(STAMP) requirements-bench.txt
 bench-real: $(BENCH_STAMP) ## decode at Phi-4-mini width (bandwidth-bound): every rung vs the memory limit and llama.cpp
 	$(BIN)/python -m benchmarks.real_size $(BENCH_ARGS)
 
-gguf-rung: $(BENCH_STAMP) ## after make repro: the merged model as llama.cpp Q4_K_M, scored by evaluate beside INT4
-	$(BIN)/python -m tools.gguf_rung $(GGUF_ARGS)
+gguf-rung: $(BENCH_STAMP) ## after the ladder ran: the merged model as llama.cpp Q4_K_M and Q8_0, scored by evaluate [PIPELINE=pipelines/smollm2]
+	cd $(PIPELINE) && $(abspath $(BIN))/python -m tools.gguf_rung $(GGUF_ARGS)
 
 real: $(STAMP) ## the ladder on real weights (SmolLM2-135M-Instruct) in pipelines/$(REAL)/: every stage, verdicts recorded
 	$(BIN)/python -m tools.pipeline_folder $(REAL)

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import time
+from functools import partial
 
 from omegaconf import DictConfig
 
@@ -31,6 +32,7 @@ from stages.common.chat import end_of_turn
 from stages.common.checkpoint import base_checkpoint, load_tokenizer
 from stages.common.errors import PipelineError
 from stages.common.item_metrics import items_json
+from stages.common.records import read_jsonl
 from stages.common.rungs import RUNGS
 from stages.common.runtime import get_logger, stage_main
 
@@ -64,6 +66,7 @@ def run(cfg: DictConfig) -> None:
     ours_loaded = harness.load_tasks(list(ours.values()), None)
     standard_loaded = harness.load_tasks(standard, h.include_path) if standard else {}
     evaluated = {name: evaluate_items(name) for name in RUNGS}
+    prompts = {str(r["id"]): r["prompt"] for r in read_jsonl(cfg.data.eval.domain_test, "task")}
     # The first items of each set, as evaluate read them (it may have read fewer).
     caps = [n for n in (h.agreement_items, cfg.evaluate.max_task_examples) if n is not None]
     agreement_limit = min(caps) if caps else None
@@ -77,8 +80,10 @@ def run(cfg: DictConfig) -> None:
         if standard_loaded:
             results |= harness.run_tasks(model, standard_loaded, h.limit, cfg.seed)
         agreement = {}
+        scored = results[f"pipeline_{NLL}"]["items"]
+        moved = harness.moved_whitespace_loglikelihood(model, {i: prompts[i] for i in scored})
         checks = [(s, m, harness.disagreements, "exact match") for s, m in AGREEMENT.items()] + \
-            [(NLL, "domain_ppl", harness.nll_disagreements, "answer NLL")]
+            [(NLL, "domain_ppl", partial(harness.nll_disagreements, moved=moved), "answer NLL")]
         for set_name, metric, compare, what in checks:
             task, ours = results[f"pipeline_{set_name}"], evaluated[name][metric]
             wrong = compare(ours, task["items"])

@@ -106,3 +106,33 @@ def test_a_standard_task_without_local_data_fails_offline_and_writes_nothing(eva
                                             r"python -m tools.fetch_lm_eval_data arc_easy"):
         harness.run(shrunk(["evaluate.lm_eval.tasks=[arc_easy]"]))
     assert not layout.HARNESS_METRICS.exists() and not layout.HARNESS_ITEMS_DIR.exists()
+
+
+def test_the_whitespace_lm_eval_moves_into_the_answer_is_measured_and_taken_back_out(evaluated):
+    """A chat template whose generation prompt ends in a newline (ChatML) has lm-eval score that
+    newline as the answer's first token; the agreement check takes its log-likelihood, asked of
+    the same backend, back out. On the Phi template (no trailing whitespace) there is none."""
+    from stages.common.checkpoint import load_tokenizer
+    from stages.common.language_model import TorchModel
+    from stages.common.lm import log_softmax
+
+    model = harness_lib.harness_model(RUNGS["torch_lora"], layout.MERGED_DIR, "float32", "cpu", None)
+    rows = read_jsonl("data/eval/domain_test.jsonl", "task")[:3]
+    prompts = {r["id"]: r["prompt"] for r in rows}
+    assert harness_lib.moved_whitespace_loglikelihood(model, prompts) == {}
+    phi = model.apply_chat_template
+    model.apply_chat_template = lambda history, add_generation_prompt=True: phi(history) + "\n"
+    moved = harness_lib.moved_whitespace_loglikelihood(model, prompts)
+    assert set(moved) == set(prompts)
+    tokenizer, torch_model = load_tokenizer(layout.MERGED_DIR), TorchModel(layout.MERGED_DIR)
+    for item, prompt in prompts.items():
+        context = tokenizer(phi([{"role": "user", "content": prompt}]), add_special_tokens=False)["input_ids"]
+        newline = tokenizer(phi([{"role": "user", "content": prompt}]) + "\n", add_special_tokens=False)["input_ids"]
+        assert newline[: len(context)] == context and len(newline) == len(context) + 1
+        expected = log_softmax(torch_model.logits(context))[-1, newline[-1]]
+        assert moved[item] == pytest.approx(expected, abs=1e-4) and moved[item] < 0
+    # The check subtracts it: lm-eval's total, less the newline, against evaluate's NLL.
+    theirs = {i: {"perplexity": -1.0 + moved[i]} for i in prompts}
+    ours = {i: [1.0, 3] for i in prompts}
+    assert harness_lib.nll_disagreements(ours, theirs, moved) == []
+    assert harness_lib.nll_disagreements(ours, theirs) == sorted(i for i in prompts if abs(moved[i]) > 0.01)

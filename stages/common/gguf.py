@@ -133,12 +133,26 @@ def decode_bytes(path: Path) -> int:
 class GgufModel:
     """One GGUF file in llama.cpp (CPU), greedy on token ids."""
 
-    def __init__(self, path: Path, threads: int, context: int = 2048, all_logits: bool = False):
+    def __init__(self, path: Path, threads: int, context: int = 2048, all_logits: bool = False,
+                 repack: bool = True):
+        """`repack=False` turns off llama.cpp's CPU weight repacking (`use_extra_bufts`: AMX and
+        AVX-512 layouts), which the Llama class does not expose: with it, every quantized type of
+        SmolLM2-135M (width 576) crashed on the first eval here, while its f16 file ran."""
+        from unittest import mock
+
+        import llama_cpp.llama_cpp as api
         from llama_cpp import Llama
 
+        def params():
+            p = default()
+            p.use_extra_bufts = repack
+            return p
+
+        default = api.llama_model_default_params
         self.folder = Path(path)
-        self.llm = Llama(str(path), n_ctx=context, n_threads=threads, n_threads_batch=threads, n_batch=512,
-                         logits_all=all_logits, verbose=False)
+        with mock.patch.object(api, "llama_model_default_params", params):
+            self.llm = Llama(str(path), n_ctx=context, n_threads=threads, n_threads_batch=threads, n_batch=512,
+                             logits_all=all_logits, verbose=False)
 
     def logits(self, ids: Sequence[int]) -> np.ndarray:
         if not self.llm._logits_all:

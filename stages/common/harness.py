@@ -202,6 +202,28 @@ def disagreements(ours: Mapping[str, int], theirs: Mapping[str, Mapping]) -> lis
     return sorted(i for i in theirs if i in ours and round(theirs[i]["exact_match"]) != int(ours[i]))
 
 
-def nll_disagreements(ours: Mapping[str, Sequence[float]], theirs: Mapping[str, Mapping]) -> list[str]:
-    """Items where lm-eval's answer log-likelihood is not minus evaluate's NLL ([NLL, tokens])."""
-    return sorted(i for i in theirs if i in ours and abs(theirs[i]["perplexity"] + ours[i][0]) > NLL_TOLERANCE)
+def nll_disagreements(ours: Mapping[str, Sequence[float]], theirs: Mapping[str, Mapping],
+                      moved: Mapping[str, float] | None = None) -> list[str]:
+    """Items where lm-eval's answer log-likelihood, less that of the whitespace it moved into the
+    answer (`moved`, from `moved_whitespace_loglikelihood`), is not minus evaluate's NLL ([NLL, tokens])."""
+    moved = moved or {}
+    return sorted(i for i in theirs if i in ours
+                  and abs(theirs[i]["perplexity"] - moved.get(i, 0.0) + ours[i][0]) > NLL_TOLERANCE)
+
+
+def moved_whitespace_loglikelihood(model, prompts: Mapping[str, str]) -> dict[str, float]:
+    """lm-eval (TemplateLM._encode_pair) moves a context's trailing whitespace into the
+    continuation, a habit from plain-text prompts ("Answer:" + " B"). A chat template whose
+    generation prompt ends in a newline (ChatML: "<|im_start|>assistant\n") so has lm-eval score
+    that newline as the answer's first token, which evaluate, like training and serving, reads as
+    prompt. Its log-likelihood, asked of the same backend through lm-eval's own request API, per
+    item id (empty when the template ends in no whitespace, as the Phi formats)."""
+    from lm_eval.api.instance import Instance
+
+    contexts = {i: model.apply_chat_template([{"role": "user", "content": p}]) for i, p in prompts.items()}
+    pairs = {i: (c.rstrip(), c[len(c.rstrip()):]) for i, c in contexts.items() if c != c.rstrip()}
+    if not pairs:
+        return {}
+    requests = [Instance(request_type="loglikelihood", doc={}, arguments=pair, idx=0) for pair in pairs.values()]
+    return {i: float(value[0]) for i, value in zip(pairs, model.loglikelihood(requests, disable_tqdm=True),
+                                                    strict=True)}
