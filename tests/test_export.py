@@ -205,9 +205,13 @@ def test_tied_embedding_reads_the_quantized_lm_head(ladder_workspace):
     fp32 = GenaiModel(layout.ONNX_FP32).logits(ids)
     float_table = np.abs(GenaiModel(layout.ONNX_INT8).logits(ids) - fp32).max()
     # The shared table adds the embedding's 8-bit rounding to lm_head's: within twice the float
-    # table's error, and the same next token at every position.
-    assert np.abs(shared_int8 - fp32).max() <= 2 * float_table
-    assert (shared_int8.argmax(-1) == fp32.argmax(-1)).all()
+    # table's error, and the same next token wherever FP32's lead over its runner-up is larger
+    # than that error could close (a near-tie may flip either way; most positions are not one).
+    error = np.abs(shared_int8 - fp32).max()
+    assert error <= 2 * float_table
+    top2 = np.sort(fp32, axis=-1)[:, -2:]
+    clear = top2[:, 1] - top2[:, 0] > 2 * error
+    assert clear.mean() > 0.8 and (shared_int8.argmax(-1) == fp32.argmax(-1))[clear].all()
     assert shared_mb < 0.8 * folder_megabytes(layout.ONNX_INT8, weights_only=True)
 
 
