@@ -75,8 +75,9 @@ $(BENCH_STAMP): $(STAMP) requirements-bench.txt
 	CMAKE_ARGS="-DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF" $(BIN)/python -m pip install -q -r requirements-bench.txt
 	touch $@
 
-bench-real: $(BENCH_STAMP) ## decode at Phi-4-mini width (bandwidth-bound): every rung vs the memory limit and llama.cpp
-	$(BIN)/python -m benchmarks.real_size $(BENCH_ARGS)
+BENCH_DEPTHS ?= --layers 2,4 --check 8
+bench-real: $(BENCH_STAMP) ## speed at Phi-4-mini's 32 layers (fitted on 2 and 4, checked at 8): every rung vs the memory limit and llama.cpp
+	$(BIN)/python -m benchmarks.real_size $(BENCH_DEPTHS) --out benchmarks/real_size.json $(BENCH_ARGS)
 
 gguf-rung: $(BENCH_STAMP) ## after the ladder ran: the merged model as llama.cpp Q4_K_M and Q8_0, scored by evaluate [PIPELINE=pipelines/smollm2]
 	cd $(PIPELINE) && $(abspath $(BIN))/python -m tools.gguf_rung $(GGUF_ARGS)

@@ -1,21 +1,29 @@
-"""Benchmark at a size where decoding is bound by memory bandwidth: a Phi-4-mini-width stand-in
-(tools/random_checkpoint.py: published width, 200k vocabulary, tied embeddings, a few layers,
-random weights), its rungs built by our own stage code (export's builder call, quant_int8's
-route, quant_int4's quantize_folder) with the phi4_mini profile's quantization params, timed
-beside llama.cpp on the same weights (GGUF Q8_0, Q4_0, Q4_K_M made by llama.cpp's own tools).
+"""Speed at Phi-4-mini's real depth, from stand-ins shallow enough to build on a laptop: a
+Phi-4-mini-width checkpoint (tools/random_checkpoint.py: published width, 200k vocabulary, tied
+embeddings, random weights) at a few depths, its rungs built by our own stage code (export's
+builder call, quant_int8's routes, quant_int4's quantize_folder, the hot-swap pair) with the
+phi4_mini profile's quantization params, timed beside llama.cpp on the same weights (GGUF Q8_0,
+Q4_0, Q4_K_M made by llama.cpp's own tools).
 
-For every rung: prefill and decode tokens/s (median of repeats, one timed loop for all:
-LanguageModel.timed_decode), the weight bytes one decode step reads, the GB/s that makes, and
-its fraction of the machine's memory-read bandwidth, measured in the same run on 1 and on
-`--threads` threads. The limit for a rung is the bandwidth at the threads it runs on. The rungs
-are timed in two passes, the second in reverse order, so the VM's drift falls on all alike.
+Why depths: at 2 layers the 200k x 3,072 tied table is 75 % of the weights, and a ratio measured
+there compares lm_heads. Phi-4-mini at 32 layers is 15 GB in FP32, more than this machine can
+build beside its page cache, so every rung is measured at the `--layers` depths, each figure is
+fitted as seconds (and bytes) per token = fixed + per-layer x layers, projected to
+`--target-layers`, and checked against a deeper measured point (`--check`).
 
-    make bench-real          (python -m benchmarks.real_size --layers 2 --threads 2)
+For every rung and depth: decode tokens/s (greedy, `--new-tokens` after a `--prompt-tokens`
+prompt), prefill tokens/s at both prompt lengths (64 and 512), the weight bytes one decode step
+reads, its fraction of the machine's memory-read bandwidth measured in the same run, and KL /
+top-1 against the FP32 graph. The CPU model and flags, and llama.cpp's build info (AMX, weight
+repacking), are printed beside the table. Rungs are timed in two passes, the second in reverse
+order, so the VM's drift falls on all alike.
 
-The stand-in and every rung are cached in benchmarks/.cache/, keyed by the params and the code
-that build them (BUILD_CODE), so a second run is only the timing. Goals (issue 19): FP32 and
-INT4 decode >= 60 % of the limit, INT4/FP32 >= 3x, ONNX INT4 >= llama.cpp Q4_0, INT4 faster
-than INT8.
+    make bench-real          (python -m benchmarks.real_size --layers 2,4 --check 8 --threads 2)
+
+The stand-ins and every rung are cached in benchmarks/.cache/, keyed by the params and the code
+that build them (BUILD_CODE), so a second run is only the timing. Goals (issue 28), at 32 layers:
+ONNX INT4 decode >= 1.2x llama.cpp Q4_K_M, INT4 prefill at 512 >= 1.0x llama.cpp's, every rung's
+decode >= 70 % of the memory limit.
 """
 
 from __future__ import annotations
@@ -35,7 +43,7 @@ from omegaconf import DictConfig, OmegaConf
 from stages.common.atomic import atomic_path, write_json
 from stages.common.language_model import LanguageModel
 from stages.common.lm import next_token_fidelity
-from stages.common.runtime import get_logger
+from stages.common.runtime import get_logger, progress
 
 log = get_logger(__name__)
 CACHE = Path("benchmarks/.cache")
@@ -144,8 +152,10 @@ def stand_in(layers: int) -> Path:
     return path
 
 
-def onnx_rungs(hf: Path, threads: int, int4_variants: dict[str, list[str]]) -> list[Built]:
-    """FP32, INT8 and INT4 (one per variant of quant_int4 params) of `hf`, by the stages' own code."""
+def onnx_rungs(hf: Path, threads: int, int8_variants: dict[str, list[str]],
+               int4_variants: dict[str, list[str]]) -> list[Built]:
+    """FP32, INT8 (one per variant of quant_int8 params) and INT4 (one per variant of quant_int4
+    params) of `hf`, by the stages' own code."""
     from stages.common.onnx_models import run_builder
     from stages.quant_int4 import quantize_folder
     from stages.quant_int8 import build_int8
@@ -154,10 +164,12 @@ def onnx_rungs(hf: Path, threads: int, int4_variants: dict[str, list[str]]) -> l
     serving = OmegaConf.to_container(base.serving)
     fp32 = cached(CACHE / f"onnx_fp32-{key(hf.name, serving)}",
                   lambda out: run_builder(hf, out, "fp32", "cpu", serving=base.serving))
-    int8 = cached(CACHE / f"onnx_int8-{key(hf.name, serving, OmegaConf.to_container(base.quant_int8))}",
-                  lambda out: build_int8(base, hf, fp32, out))
-    rungs = [Built("onnx_fp32", fp32, "onnx", onnx_decode_bytes(fp32)),
-             Built("onnx_int8", int8, "onnx", onnx_decode_bytes(int8))]
+    rungs = [Built("onnx_fp32", fp32, "onnx", onnx_decode_bytes(fp32))]
+    for name, overrides in int8_variants.items():
+        cfg = config(hf, threads, overrides)
+        path = cached(CACHE / f"onnx_int8-{key(hf.name, serving, OmegaConf.to_container(cfg.quant_int8))}",
+                      lambda out, cfg=cfg: build_int8(cfg, hf, fp32, out))
+        rungs.append(Built(name, path, "onnx", onnx_decode_bytes(path), " ".join(overrides)))
     for name, overrides in int4_variants.items():
         cfg = config(hf, threads, overrides)
         q = OmegaConf.to_container(cfg.quant_int4)
@@ -227,14 +239,18 @@ def serving_variant(rung: Built, name: str, knobs: dict) -> Built:
     return Built(name, path, rung.runtime, rung.decode_bytes, " ".join(f"{k}={v}" for k, v in knobs.items()))
 
 
-def gguf_rungs(hf: Path, threads: int, file_types: list[str]) -> list[Built]:
+def gguf_rungs(hf: Path, threads: int, file_types: list[str], with_f16: bool = False) -> list[Built]:
+    """llama.cpp's own conversion of `hf` (f16), quantized to each of `file_types`; the f16 file
+    is a rung too with `with_f16` (the reference where no ONNX FP32 graph is built)."""
     from stages.common import gguf
 
-    f16 = cached(CACHE / f"{hf.name}-f16.gguf", lambda out: gguf.convert(hf, out, CACHE))
-    rungs = []
+    def f16() -> Path:  # made when a rung needs it: the quantized files outlive it (disk: 2.8 GB at 8 layers)
+        return cached(CACHE / f"{hf.name}-f16.gguf", lambda out: gguf.convert(hf, out, CACHE))
+
+    rungs = [Built("llama.cpp f16", f16(), "llama.cpp", gguf.decode_bytes(f16()))] if with_f16 else []
     for file_type in file_types:
         path = cached(CACHE / f"{hf.name}-{file_type}.gguf",
-                      lambda out, t=file_type: gguf.quantize(f16, out, t, threads))
+                      lambda out, t=file_type: gguf.quantize(f16(), out, t, threads))
         rungs.append(Built(f"llama.cpp {file_type}", path, "llama.cpp", gguf.decode_bytes(path)))
     return rungs
 
@@ -271,109 +287,238 @@ def prompt_logits(rung: Built, model: LanguageModel, prompt: list[int], threads:
     return model.logits(prompt)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--layers", type=int, default=2)
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--prompt-tokens", type=int, default=64)
-    parser.add_argument("--new-tokens", type=int, default=32)
-    parser.add_argument("--repeats", type=int, default=3, help="timed runs per rung in each of two passes")
-    parser.add_argument("--no-llama-cpp", action="store_true", help="only the ONNX rungs")
-    parser.add_argument("--no-adapter", action="store_true", help="without the hot-swap (base + adapter) rungs")
-    parser.add_argument("--gguf", default="Q8_0,Q4_0,Q4_K_M", help="llama.cpp file types to compare")
-    parser.add_argument("--int4", action="append", default=[], metavar="NAME:K=V,K=V",
-                        help="one more INT4 rung with quant_int4 overrides, e.g. "
-                             "'int4 lm_head 4-bit:quant_int4.keep_8bit=[]'")
-    parser.add_argument("--serving", action="append", default=[], metavar="NAME:K=V,K=V",
-                        help="the lm_head 4-bit INT4 rung once more with other serving knobs, e.g. "
-                             "'1 thread:intra_op_num_threads=1'")
-    parser.add_argument("--build-only", action="store_true", help="build and cache the rungs, time nothing")
-    parser.add_argument("--out", type=Path, default=CACHE / "real_size.json")
-    args = parser.parse_args()
-
-    hf = stand_in(args.layers)
-    variants = {"onnx_int4": [], "onnx_int4 (lm_head 4-bit)": ["quant_int4.keep_8bit=[]"],
-                "onnx_int4 block 128": ["quant_int4.block_size=128"],
-                "onnx_int4 block 128 (lm_head 4-bit)": ["quant_int4.block_size=128", "quant_int4.keep_8bit=[]"]}
-    for spec in args.int4:
+def named(specs: list[str]) -> dict[str, list[str]]:
+    """'NAME:K=V,K=V' options as {NAME: [K=V, ...]}."""
+    out = {}
+    for spec in specs:
         name, _, overrides = spec.partition(":")
-        variants[name] = [o for o in overrides.split(",") if o]
-    rungs = onnx_rungs(hf, args.threads, variants)
+        out[name] = [o for o in overrides.split(",") if o]
+    return out
+
+
+def depth_rungs(layers: int, args: argparse.Namespace) -> list[Built]:
+    """Every rung of the `layers`-deep stand-in, built (or taken from the cache)."""
+    hf = stand_in(layers)
+    int8 = {"onnx_int8": [], "onnx_int8 dynamic": ["quant_int8.method=dynamic"], **named(args.int8)}
+    int4 = {"onnx_int4": [], "onnx_int4 block 128": ["quant_int4.block_size=128"],
+            "onnx_int4 block 128 (lm_head 4-bit)": ["quant_int4.block_size=128", "quant_int4.keep_8bit=[]"],
+            **named(args.int4)}
+    rungs = onnx_rungs(hf, args.threads, int8, int4)
     if not args.no_adapter:
         rungs += adapter_rungs(hf, args.threads)
-    for spec in args.serving:
-        name, _, pairs = spec.partition(":")
-        knobs = {k: json.loads(v) for k, _, v in (pair.partition("=") for pair in pairs.split(",") if pair)}
-        rungs.append(serving_variant(next(r for r in rungs if r.name == "onnx_int4 (lm_head 4-bit)"), name, knobs))
+    for name, pairs in named(args.serving).items():
+        knobs = {k: json.loads(v) for k, _, v in (pair.partition("=") for pair in pairs)}
+        rungs.append(serving_variant(next(r for r in rungs if r.name == "onnx_int4"), name, knobs))
     if not args.no_llama_cpp:
         rungs += gguf_rungs(hf, args.threads, [t for t in args.gguf.split(",") if t])
-    if args.build_only:
-        return
+    return rungs
 
-    prompt = [(17 + 31 * i) % 8000 + 100 for i in range(args.prompt_tokens)]  # any ids: weights are random
-    context = args.prompt_tokens + args.new_tokens + 8
+
+def direct_rungs(layers: int, args: argparse.Namespace) -> list[Built]:
+    """llama.cpp's rungs at the target depth itself, measured rather than fitted: its converter
+    and quantizer stream tensors, where the ONNX builder holds ~3x the FP32 weights in memory
+    (9.5 GB at 2 layers; Phi-4-mini's 32 would need ~45 GB). Its own f16 file is the reference."""
+    return gguf_rungs(stand_in(layers), args.threads, [t for t in args.gguf.split(",") if t], with_f16=True)
+
+
+def time_rungs(rungs: list[Built], args: argparse.Namespace) -> dict:
+    """Decode (prompt `--prompt-tokens`, `--new-tokens` steps), prefill at both prompt lengths,
+    and fidelity to FP32, for every rung at one depth, with the bandwidth limit of the same run."""
+    ids = lambda n: [(17 + 31 * i) % 8000 + 100 for i in range(n)]  # noqa: E731 (any ids: weights are random)
+    prompt, long_prompt = ids(args.prompt_tokens), ids(args.long_prompt_tokens)
+    context = max(len(prompt) + args.new_tokens, len(long_prompt) + 1) + 8
     # Two passes, the second in reverse order, the bandwidth before each: this VM's rates drift by
     # 20-30 % within minutes, and a rung timed only in a slow minute would lose to one timed in a
-    # fast one. (All models resident at once would be fairer still, but at ~14 GB they push the
-    # memory-mapped weights out of the page cache.)
+    # fast one. (All models resident at once would be fairer still, but at several GB each they
+    # push the memory-mapped weights out of the page cache.)
     limits = {n: 0.0 for n in sorted({1, args.threads})}
     runs: dict[str, list] = {rung.name: [] for rung in rungs}
+    long_runs: dict[str, list[float]] = {rung.name: [] for rung in rungs}
     logits: dict[str, np.ndarray] = {}
     for order in (rungs, rungs[::-1]):
         limits = {n: max(rate, read_bandwidth(n)) for n, rate in limits.items()}
-        for rung in order:
+        for rung in progress(order, f"timing {len(rungs)} rungs"):
             model = open_built(rung, args.threads, context)
             model.timed_decode(prompt, 2)  # warm-up
             runs[rung.name] += [model.timed_decode(prompt, args.new_tokens) for _ in range(args.repeats)]
+            long_runs[rung.name].append(model.timed_decode(long_prompt, 1)[0])
             if rung.name not in logits:
                 logits[rung.name] = prompt_logits(rung, model, prompt, args.threads, context)
             del model
     limits = {n: max(rate, read_bandwidth(n)) for n, rate in limits.items()}
     rows = []
     for rung in rungs:
-        prefill = statistics.median(len(prompt) / p for p, _ in runs[rung.name])
         decode = statistics.median(args.new_tokens / sum(steps) for _, steps in runs[rung.name])
         # Fidelity on the prompt's positions, so a fast row is also the same function: against the
         # FP32 graph (the hot-swap rungs: against the FP32 base + adapter).
-        reference = "onnx_adapter_fp32" if rung.runtime == "onnx adapter" else "onnx_fp32"
+        reference = ("onnx_adapter_fp32" if rung.runtime == "onnx adapter"
+                     else "onnx_fp32" if "onnx_fp32" in logits else "llama.cpp f16")
         kl, top1 = next_token_fidelity(logits[reference], logits[rung.name])
-        rows.append({"rung": rung.name, "runtime": rung.runtime, "decode_mb": round(rung.decode_bytes / 1e6, 1),
-                     "prefill_tok_s": round(prefill, 1), "decode_tok_s": round(decode, 2),
-                     "gb_s": round(rung.decode_bytes * decode / 1e9, 2), "note": rung.note,
+        rows.append({"rung": rung.name, "runtime": rung.runtime, "note": rung.note,
+                     "decode_mb": round(rung.decode_bytes / 1e6, 1), "decode_tok_s": round(decode, 3),
+                     "prefill_tok_s": round(statistics.median(len(prompt) / p for p, _ in runs[rung.name]), 1),
+                     "prefill_long_tok_s": round(len(long_prompt) / statistics.median(long_runs[rung.name]), 1),
+                     "gb_s": round(rung.decode_bytes * decode / 1e9, 2),
+                     "of_limit": round(rung.decode_bytes * decode / 1e9 / limits[args.threads], 3),
                      "reference": reference, "kl": round(float(kl.mean()), 5), "top1": round(float(top1.mean()), 3)})
-    for row in rows:
-        row["of_limit"] = round(row["gb_s"] / limits[args.threads], 3)
-    report = {"stand_in": str(hf), "layers": args.layers, "threads": args.threads,
-              "prompt_tokens": args.prompt_tokens, "new_tokens": args.new_tokens, "repeats": args.repeats,
-              "bandwidth_gb_s": {str(k): round(v, 1) for k, v in limits.items()}, "rungs": rows}
-    write_json(args.out, report)
+    return {"bandwidth_gb_s": {str(k): round(v, 1) for k, v in limits.items()}, "rungs": rows}
+
+
+# ------------------------------------------------------------------------------- the fit
+def fit_depth(points: dict[int, float], at: int) -> tuple[float, float, float]:
+    """(fixed, per layer, value at `at`) of the least-squares line through {layers: value}: a
+    step's seconds (or bytes) are the embedding and lm_head's, plus the same again per layer."""
+    if len(points) < 2:
+        raise ValueError(f"a fit needs two depths or more, got {sorted(points)}")
+    per_layer, fixed = np.polyfit(list(points), list(points.values()), 1)
+    return float(fixed), float(per_layer), float(fixed + per_layer * at)
+
+
+# Each figure is fitted as seconds (or bytes) per token, the quantity that is linear in depth.
+FITTED = {"decode_tok_s": "decode s/token", "prefill_tok_s": "prefill s/token",
+          "prefill_long_tok_s": "prefill s/token (long prompt)"}
+
+
+def project(depths: dict[int, dict], fit: list[int], check: int | None, target: int, limit: float) -> list[dict]:
+    """Every rung at `target` layers from the `fit` depths, the same fit's error at `check`, and
+    beside it what was measured at `target` itself where a rung was (llama.cpp's)."""
+    rows = []
+    for name in [r["rung"] for r in depths[fit[0]]["rungs"]]:
+        at = {layers: row for layers, depth in depths.items() for row in depth["rungs"] if row["rung"] == name}
+        row = {"rung": name, "layers": target}
+        _, per_layer_bytes, row["decode_mb"] = fit_depth({L: at[L]["decode_mb"] for L in fit}, target)
+        row["mb_per_layer"] = round(per_layer_bytes, 2)
+        for figure in FITTED:
+            fixed, per_layer, seconds = fit_depth({L: 1.0 / at[L][figure] for L in fit}, target)
+            row[figure] = round(1.0 / seconds, 3)
+            row[f"{figure}_fixed_ms"], row[f"{figure}_per_layer_ms"] = round(fixed * 1e3, 3), round(per_layer * 1e3, 3)
+            for deeper, label in ((check, "check"), (target, "measured")):
+                if deeper is not None and deeper in at and deeper not in fit:
+                    predicted = fit_depth({L: 1.0 / at[L][figure] for L in fit}, deeper)[2]
+                    row[f"{figure}_{label}_error"] = round(at[deeper][figure] * predicted - 1.0, 3)
+        row["decode_mb"] = round(row["decode_mb"], 1)
+        row["of_limit"] = round(row["decode_mb"] / 1e3 * row["decode_tok_s"] / limit, 3)
+        deepest = max(L for L in at if L in {*fit, check})
+        row["kl"], row["top1"], row["kl_layers"] = at[deepest]["kl"], at[deepest]["top1"], deepest
+        if target in at:
+            row["measured"] = {k: at[target][k] for k in ("decode_mb", "of_limit", *FITTED, "kl", "top1")}
+        rows.append(row)
+    return rows
+
+
+def main() -> None:
+    from stages.common.runtime import cpu_description
+
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--layers", default="2,4", help="depths to measure and fit, comma-separated")
+    parser.add_argument("--check", type=int, default=None, help="one deeper depth, measured to check the fit")
+    parser.add_argument("--target-layers", type=int, default=32, help="the depth to project to (Phi-4-mini's)")
+    parser.add_argument("--direct", action="store_true",
+                        help="also measure llama.cpp's rungs at --target-layers itself (a 7.7 GB checkpoint)")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--prompt-tokens", type=int, default=64)
+    parser.add_argument("--long-prompt-tokens", type=int, default=512)
+    parser.add_argument("--new-tokens", type=int, default=32)
+    parser.add_argument("--repeats", type=int, default=3, help="timed decodes per rung in each of two passes")
+    parser.add_argument("--no-llama-cpp", action="store_true", help="only the ONNX rungs")
+    parser.add_argument("--no-adapter", action="store_true", help="without the hot-swap (base + adapter) rungs")
+    parser.add_argument("--gguf", default="Q8_0,Q4_0,Q4_K_M", help="llama.cpp file types to compare")
+    parser.add_argument("--int8", action="append", default=[], metavar="NAME:K=V,K=V",
+                        help="one more INT8 rung with quant_int8 overrides")
+    parser.add_argument("--int4", action="append", default=[], metavar="NAME:K=V,K=V",
+                        help="one more INT4 rung with quant_int4 overrides, e.g. "
+                             "'int4 block 64:quant_int4.block_size=64'")
+    parser.add_argument("--serving", action="append", default=[], metavar="NAME:K=V,K=V",
+                        help="the profile's INT4 rung once more with other serving knobs, e.g. "
+                             "'1 thread:intra_op_num_threads=1'")
+    parser.add_argument("--build-only", action="store_true", help="build and cache the rungs, time nothing")
+    parser.add_argument("--table-only", action="store_true", help="print the table of the last run (--out)")
+    parser.add_argument("--out", type=Path, default=CACHE / "real_size.json")
+    args = parser.parse_args()
+    if args.table_only:
+        print(table(json.loads(args.out.read_text())))
+        return
+
+    fit = sorted(int(x) for x in args.layers.split(",") if x)
+    measured = fit + ([args.check] if args.check is not None else [])
+    built = {layers: depth_rungs(layers, args) for layers in measured}  # every build before any timing
+    if args.direct and not args.no_llama_cpp:
+        built[args.target_layers] = direct_rungs(args.target_layers, args)
+    if args.build_only:
+        return
+    depths = {layers: time_rungs(rungs, args) for layers, rungs in built.items()}
+    limit = max(d["bandwidth_gb_s"][str(args.threads)] for d in depths.values())
+    report = {"cpu": cpu_description(), "llama_cpp": llama_cpp_info(args.no_llama_cpp), "threads": args.threads,
+              "prompt_tokens": args.prompt_tokens, "long_prompt_tokens": args.long_prompt_tokens,
+              "new_tokens": args.new_tokens, "repeats": args.repeats, "fit_layers": fit, "check_layers": args.check,
+              "direct_layers": args.target_layers if args.direct else None,
+              "bandwidth_gb_s": limit, "depths": {str(k): v for k, v in depths.items()}}
+    write_json(args.out, report)  # the timings survive a failing fit
+    if len(fit) >= 2:
+        report["projected"] = project(depths, fit, args.check, args.target_layers, limit)
+        write_json(args.out, report)
     print(table(report))
 
 
-def table(report: dict) -> str:
-    rows = {r["rung"]: r for r in report["rungs"]}
-    limit = report["bandwidth_gb_s"][str(report["threads"])]
-    lines = [f"Phi-4-mini-width stand-in, {report['layers']} layers, greedy, prompt {report['prompt_tokens']}, "
-             f"{report['new_tokens']} new tokens, {report['threads']} threads, median of 2 x {report['repeats']}",
-             f"memory-read bandwidth (same run): {report['bandwidth_gb_s']['1']} GB/s on 1 thread, "
-             f"{limit} GB/s on {report['threads']}",
-             "", "| rung | MB read / token | prefill tok/s | decode tok/s | GB/s | of limit | KL to FP32 | top-1 |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|"]
-    lines += [f"| {r['rung']} | {r['decode_mb']:,.0f} | {r['prefill_tok_s']:,.0f} | {r['decode_tok_s']:.1f} | "
-              f"{r['gb_s']:.1f} | {r['of_limit']:.0%} | {r['kl']:.5f} | {r['top1']:.3f} |" for r in rows.values()]
+def llama_cpp_info(skip: bool) -> str:
+    """What llama.cpp's build uses on this CPU (its system info: ISA, AMX, weight repacking)."""
+    if skip:
+        return ""
+    import llama_cpp
 
-    def ratio(a: str, b: str) -> str:
+    return f"llama-cpp-python {llama_cpp.__version__}: " + llama_cpp.llama_print_system_info().decode().strip(" |")
+
+
+def table(report: dict) -> str:
+    long, short = report["long_prompt_tokens"], report["prompt_tokens"]
+    lines = [f"CPU: {report['cpu']}", f"llama.cpp: {report['llama_cpp'] or 'not timed'}",
+             f"memory-read bandwidth (best of the runs): {report['bandwidth_gb_s']} GB/s on {report['threads']} "
+             f"threads; greedy, {report['new_tokens']} new tokens after {short}, median of 2 x {report['repeats']}",
+             ""]
+    for layers, depth in report["depths"].items():
+        lines += [f"Measured, {layers} layers:", "",
+                  f"| rung | MB read / token | decode tok/s | of limit | prefill@{short} tok/s | "
+                  f"prefill@{long} tok/s | KL to FP32 | top-1 |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
+        lines += [f"| {r['rung']} | {r['decode_mb']:,.0f} | {r['decode_tok_s']:.2f} | {r['of_limit']:.0%} | "
+                  f"{r['prefill_tok_s']:,.0f} | {r['prefill_long_tok_s']:,.0f} | {r['kl']:.5f} | {r['top1']:.3f} |"
+                  for r in depth["rungs"]]
+        lines.append("")
+    if "projected" not in report:
+        return "\n".join(lines)
+    rows = {r["rung"]: r for r in report["projected"]}
+    target = next(iter(rows.values()))["layers"]
+    check = report["check_layers"]
+    lines += [f"Fitted on {report['fit_layers']} layers, projected to {target}"
+              + (f" (in brackets: the rate measured at {check} layers vs the fit's prediction)" if check else "")
+              + ":", "",
+              f"| rung | MB / token | decode tok/s | of limit | prefill@{short} tok/s | prefill@{long} tok/s | "
+              f"ms/token per layer: decode | prefill@{long} |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
+
+    def err(r: dict, figure: str) -> str:
+        return f" [{r[f'{figure}_check_error'] + 0.0:+.0%}]" if f"{figure}_check_error" in r else ""
+
+    for r in rows.values():
+        lines.append(f"| {r['rung']} | {r['decode_mb']:,.0f} | {r['decode_tok_s']:.2f}{err(r, 'decode_tok_s')} | "
+                     f"{r['of_limit']:.0%} | {r['prefill_tok_s']:,.1f}{err(r, 'prefill_tok_s')} | "
+                     f"{r['prefill_long_tok_s']:,.1f}{err(r, 'prefill_long_tok_s')} | "
+                     f"{r['decode_tok_s_per_layer_ms']:.2f} | {r['prefill_long_tok_s_per_layer_ms']:.3f} |")
+        if "measured" in r:
+            m = r["measured"]
+            lines.append(f"| ↳ measured at {target} layers | {m['decode_mb']:,.0f} | {m['decode_tok_s']:.2f} | "
+                         f"{m['of_limit']:.0%} | {m['prefill_tok_s']:,.1f} | {m['prefill_long_tok_s']:,.1f} | | |")
+
+    def ratio(a: str, b: str, figure: str, goal: float) -> str:
         if a not in rows or b not in rows:
             return ""
-        return f"{a} / {b} = {rows[a]['decode_tok_s'] / rows[b]['decode_tok_s']:.2f}x"
+        value = rows[a][figure] / rows[b][figure]
+        return f"{a} / {b}, {figure}: {value:.2f}x (goal >= {goal}x: {'met' if value >= goal else 'missed'})"
 
-    pairs = [("onnx_int4", "onnx_fp32"), ("onnx_int8", "onnx_fp32"), ("onnx_int4", "onnx_int8"),
-             ("onnx_int4 (lm_head 4-bit)", "onnx_fp32"), ("onnx_int4 (lm_head 4-bit)", "onnx_int8"),
-             ("onnx_int4 (lm_head 4-bit)", "llama.cpp Q4_0"),
-             ("onnx_int4 (lm_head 4-bit)", "llama.cpp Q4_K_M"),
-             ("onnx_int4", "llama.cpp Q4_0"), ("onnx_int4", "llama.cpp Q4_K_M"), ("onnx_int8", "llama.cpp Q8_0"),
-             ("onnx_adapter_fp32", "onnx_fp32"), ("onnx_adapter_int4", "onnx_int4")]
-    lines += ["", *filter(None, (ratio(a, b) for a, b in pairs))]
+    lines += ["", f"At {target} layers (goals of issue 28):"]
+    for a in [r for r in rows if r.startswith("onnx_int4")]:
+        lines += filter(None, [ratio(a, "llama.cpp Q4_K_M", "decode_tok_s", 1.2),
+                               ratio(a, "llama.cpp Q4_K_M", "prefill_long_tok_s", 1.0)])
+    slow = [f"{r['rung']} {r['of_limit']:.0%}" for r in rows.values() if r["of_limit"] < 0.7]
+    lines.append("every rung's decode >= 70 % of the limit: " + ("met" if not slow else "missed by " + ", ".join(slow)))
     return "\n".join(lines)
 
 
