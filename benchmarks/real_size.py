@@ -239,6 +239,18 @@ def serving_variant(rung: Built, name: str, knobs: dict) -> Built:
     return Built(name, path, rung.runtime, rung.decode_bytes, " ".join(f"{k}={v}" for k, v in knobs.items()))
 
 
+def prefill_pipeline_rung(served: Built, prefill: Built) -> Built:
+    """`served` with its prompts run on `prefill`'s graph (stages/common/prefill_pipeline.py: the
+    AMX route for prefill, INT4 for the steps), its files linked from both rungs."""
+    from stages.common.prefill_pipeline import write_prefill_pipeline
+
+    code = hashlib.sha256(Path("stages/common/prefill_pipeline.py").read_bytes()).hexdigest()[:10]
+    path = cached(CACHE / f"{served.path.name}-prefill-{prefill.path.name}-{code}",
+                  lambda out: write_prefill_pipeline(served.path, out, prefill=prefill.path))
+    return Built(f"{served.name} + INT8 prefill", path, "onnx pipeline", served.decode_bytes,
+                 f"prompt on {prefill.name}")
+
+
 def gguf_rungs(hf: Path, threads: int, file_types: list[str], with_f16: bool = False) -> list[Built]:
     """llama.cpp's own conversion of `hf` (f16), quantized to each of `file_types`; the f16 file
     is a rung too with `with_f16` (the reference where no ONNX FP32 graph is built)."""
@@ -272,7 +284,13 @@ def open_built(rung: Built, threads: int, context: int) -> LanguageModel:
 
 
 def prompt_logits(rung: Built, model: LanguageModel, prompt: list[int], threads: int, context: int) -> np.ndarray:
-    """Logits at every prompt position (llama.cpp keeps them only when opened to)."""
+    """Logits at every prompt position (llama.cpp keeps them only when opened to); for a prefill
+    pipeline, the last position's after a prompt of the first half and after each later token fed
+    as a step (prefill_pipeline.stepped_logits), as served: the full graph's last rows."""
+    if rung.runtime == "onnx pipeline":
+        from stages.common.prefill_pipeline import stepped_logits
+
+        return stepped_logits(model, prompt, len(prompt) // 2)
     if rung.runtime == "llama.cpp":
         from stages.common.gguf import GgufModel
 
@@ -304,6 +322,8 @@ def depth_rungs(layers: int, args: argparse.Namespace) -> list[Built]:
             "onnx_int4 block 128 (lm_head 4-bit)": ["quant_int4.block_size=128", "quant_int4.keep_8bit=[]"],
             **named(args.int4)}
     rungs = onnx_rungs(hf, args.threads, int8, int4)
+    rungs.append(prefill_pipeline_rung(next(r for r in rungs if r.name == "onnx_int4"),
+                                       next(r for r in rungs if r.name == "onnx_int8 dynamic")))
     if not args.no_adapter:
         rungs += adapter_rungs(hf, args.threads)
     for name, pairs in named(args.serving).items():
@@ -353,7 +373,8 @@ def time_rungs(rungs: list[Built], args: argparse.Namespace) -> dict:
         # FP32 graph (the hot-swap rungs: against the FP32 base + adapter).
         reference = ("onnx_adapter_fp32" if rung.runtime == "onnx adapter"
                      else "onnx_fp32" if "onnx_fp32" in logits else "llama.cpp f16")
-        kl, top1 = next_token_fidelity(logits[reference], logits[rung.name])
+        rows = logits[rung.name]
+        kl, top1 = next_token_fidelity(logits[reference][len(logits[reference]) - len(rows):], rows)
         rows.append({"rung": rung.name, "runtime": rung.runtime, "note": rung.note,
                      "decode_mb": round(rung.decode_bytes / 1e6, 1), "decode_tok_s": round(decode, 3),
                      "prefill_tok_s": round(statistics.median(len(prompt) / p for p, _ in runs[rung.name]), 1),
